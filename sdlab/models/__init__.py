@@ -1,0 +1,1 @@
+"""Models: the analytic Gaussian mixture and latent diffusion models, each behind a Denoiser."""
