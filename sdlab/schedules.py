@@ -7,7 +7,9 @@ schedule what it asks for, so callers never branch on the kind of schedule.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -82,21 +84,29 @@ def trailing(n: int, *, training_sigmas: Tensor) -> Tensor:
     return append_zero(sigmas_at_timesteps(training_sigmas, timesteps))
 
 
-def build(name: str, n: int, *, sigma_min: float, sigma_max: float,
+def build(schedule: str | Callable[..., Tensor], n: int, *, sigma_min: float, sigma_max: float,
           training_sigmas: Tensor | None = None, **params) -> Tensor:
-    """Schedule `name` with `n` steps for a model with the given sigma range."""
+    """Sigmas of `schedule` (a registered name or any schedule function) for `n` steps.
+
+    A schedule whose signature takes `training_sigmas` gets the model's discrete training
+    sigmas; any other gets the model's `sigma_min` and `sigma_max`.
+    """
     if n < 1:
         raise ValueError(f"steps must be >= 1, got {n}")
-    entry = registry.entry(name)
-    if entry.info.get("kind") == "timestep":
+    fn = registry.get(schedule) if isinstance(schedule, str) else schedule
+    wants = inspect.signature(fn).parameters
+    if "training_sigmas" in wants:
         if training_sigmas is None:
             raise ValueError(
-                f"schedule {name!r} spaces the training timesteps of a discrete model; "
-                "this model has none: use a sigma schedule such as 'karras'"
+                f"schedule {getattr(fn, '__name__', fn)!r} spaces the training timesteps of a "
+                "discrete model; this model has none: use a sigma schedule such as 'karras'"
             )
-        sigmas = entry.obj(n, training_sigmas=training_sigmas, **params)
-    else:
-        sigmas = entry.obj(n, sigma_min=sigma_min, sigma_max=sigma_max, **params)
+        params["training_sigmas"] = training_sigmas
+    if "sigma_min" in wants:
+        params.setdefault("sigma_min", sigma_min)
+    if "sigma_max" in wants:
+        params.setdefault("sigma_max", sigma_max)
+    sigmas = fn(n, **params)
     check(sigmas, n)
     return sigmas
 

@@ -159,3 +159,31 @@ class GMMDiscreteModel(DiscreteModel):
         x = x_in * (sigma**2 + 1).sqrt().reshape((-1,) + (1,) * (x_in.ndim - 1)).to(x_in)
         return discrete_output(self.denoiser.gmm.denoise(x, sigma), x, sigma,
                                self.prediction_type)
+
+
+class GMMModel:
+    """The analytic mixture as a pipeline model: unconditional, samples are the outputs."""
+
+    conditional = False
+
+    def __init__(self, gmm: GaussianMixture, name: str = "gmm") -> None:
+        self.gmm, self.name = gmm, name
+        self.latent_shape = gmm.shape
+        self.dtype, self.device = torch.float64, torch.device("cpu")
+        self.scheduler_config: dict = {}
+        self._denoiser = GMMDenoiser(gmm)
+
+    def denoiser(self) -> GMMDenoiser:
+        return self._denoiser
+
+    def conditioning(self, prompts: list[str], negative: list[str]) -> tuple[dict, dict]:
+        return {}, {}
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents
+
+
+def build(shape: Sequence[int] = (4, 4, 4), components: int = 4, seed: int = 0,
+          name: str = "gmm") -> GMMModel:
+    """The analytic model from config: a random mixture reproducible from `seed`."""
+    return GMMModel(GaussianMixture.random(tuple(shape), components, seed), name)

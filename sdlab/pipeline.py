@@ -1,0 +1,120 @@
+"""sdlab's own inference loop: seeded latents -> guided denoiser -> sampler -> decoder.
+
+Image i is generated from seed `seeds[i]`: its generator draws the initial latent, then
+every noise its sampler asks for, so any batch size gives the same images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sdlab import noise, schedules
+from sdlab.denoisers import Conditioned, Denoiser
+from sdlab.guidance import CFGDenoiser, GuidanceRule
+from sdlab.models.base import Model
+from sdlab.samplers.diffusers_bridge import make_scheduler, sample_diffusers
+
+
+class NonFiniteError(RuntimeError):
+    """A sampler produced NaN or inf."""
+
+
+@dataclass
+class NativeSampling:
+    """A native sampler function on a schedule function."""
+
+    sampler: Callable[..., Tensor]
+    schedule: Callable[..., Tensor]
+    sampler_name: str = ""
+    schedule_name: str = ""
+
+    def sigmas(self, denoiser: Denoiser, steps: int) -> Tensor:
+        return schedules.build(self.schedule, steps, sigma_min=denoiser.sigma_min,
+                               sigma_max=denoiser.sigma_max, training_sigmas=denoiser.sigmas)
+
+    def run(self, model: Model, denoiser: Denoiser, z: Tensor, gens: Sequence[torch.Generator],
+            steps: int, callback: Callable[[dict], None] | None = None) -> Tensor:
+        sigmas = self.sigmas(denoiser, steps)
+        x = z * sigmas[0].item()
+        return self.sampler(denoiser, x, sigmas, noise=noise.SeededNoise(gens, x),
+                            callback=callback)
+
+
+@dataclass
+class DiffusersSampling:
+    """A diffusers scheduler (by class name, plus config overrides) through the bridge."""
+
+    scheduler: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, model: Model, denoiser: Denoiser, z: Tensor, gens: Sequence[torch.Generator],
+            steps: int, callback: Callable[[dict], None] | None = None) -> Tensor:
+        # a fresh scheduler per batch: diffusers schedulers keep step counters
+        scheduler = make_scheduler(self.scheduler, model.scheduler_config, **self.config)
+        return sample_diffusers(denoiser, z, scheduler, steps, generators=gens,
+                                callback=callback)
+
+
+Sampling = NativeSampling | DiffusersSampling
+
+
+@dataclass
+class Batch:
+    """One generated batch: which images, their final latents and decoded outputs."""
+
+    indices: list[int]
+    seeds: list[int]
+    prompts: list[str] | None
+    latents: Tensor
+    outputs: Tensor
+    nfe: int
+    uncond_evals: int
+
+
+def guided(model: Model, prompts: list[str] | None, negative: list[str] | None,
+           rule: GuidanceRule) -> Denoiser:
+    """The model's denoiser for these prompts, wrapped in guidance when the model is conditional."""
+    base = model.denoiser()
+    if not model.conditional:
+        return Conditioned(base)
+    cond, uncond = model.conditioning(prompts, negative)
+    return CFGDenoiser(base, rule, cond, uncond)
+
+
+def generate(model: Model, sampling: Sampling, steps: int, seeds: Sequence[int], *,
+             prompts: Sequence[str] | None = None, negative_prompt: str = "",
+             guidance: GuidanceRule | None = None, batch_size: int = 16,
+             callback: Callable[[dict], None] | None = None) -> Iterator[Batch]:
+    """Generate one image per seed (with `prompts[i]` for a conditional model), in batches."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if model.conditional and (prompts is None or len(prompts) != len(seeds)):
+        raise ValueError("a conditional model needs one prompt per seed")
+    rule = guidance or GuidanceRule(1.0)
+    for start in range(0, len(seeds), batch_size):
+        idx = list(range(start, min(start + batch_size, len(seeds))))
+        batch_seeds = [int(seeds[i]) for i in idx]
+        batch_prompts = [prompts[i] for i in idx] if prompts is not None else None
+        gens = noise.generators(batch_seeds)
+        z = noise.randn(gens, model.latent_shape, dtype=model.dtype, device=model.device)
+        denoiser = guided(model, batch_prompts, [negative_prompt] * len(idx), rule)
+        denoiser.reset_nfe()
+        with torch.inference_mode():
+            latents = sampling.run(model, denoiser, z, gens, steps, callback)
+            bad = (~torch.isfinite(latents.flatten(1))).any(1)
+            if bad.any():
+                raise NonFiniteError(
+                    f"the sampler produced NaN/inf for seeds "
+                    f"{[s for s, b in zip(batch_seeds, bad.tolist()) if b]}; try more steps, "
+                    "a smaller guidance scale or a more stable sampler")
+            outputs = model.decode(latents)
+        yield Batch(idx, batch_seeds, batch_prompts, latents, outputs, denoiser.nfe,
+                    getattr(denoiser, "uncond_evals", 0))
+
