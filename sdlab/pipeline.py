@@ -111,9 +111,9 @@ def generate(model: Model, sampling: Sampling, steps: int, seeds: Sequence[int],
             bad = (~torch.isfinite(latents.flatten(1))).any(1)
             if bad.any():
                 raise NonFiniteError(
-                    f"the sampler produced NaN/inf for seeds "
-                    f"{[s for s, b in zip(batch_seeds, bad.tolist()) if b]}; try more steps, "
-                    "a smaller guidance scale or a more stable sampler")
+                    "the sampler produced NaN/inf for seeds "
+                    f"{[s for s, b in zip(batch_seeds, bad.tolist(), strict=True) if b]}; "
+                    "try more steps, a smaller guidance scale or a more stable sampler")
             outputs = model.decode(latents)
         yield Batch(idx, batch_seeds, batch_prompts, latents, outputs, denoiser.nfe,
                     getattr(denoiser, "uncond_evals", 0))

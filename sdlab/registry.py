@@ -35,7 +35,8 @@ class Registry:
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
             doc = (obj.__doc__ or "").strip().splitlines()
-            self._entries[key] = Entry(key, obj, description or (doc[0] if doc else ""), paper, info)
+            summary = description or (doc[0] if doc else "")
+            self._entries[key] = Entry(key, obj, summary, paper, info)
             return obj
 
         return deco

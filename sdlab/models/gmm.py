@@ -21,7 +21,7 @@ from torch import Tensor
 
 from sdlab.denoisers import Denoiser, DiscreteModel, discrete_output, scaled_linear_alphas_cumprod
 
-SD_SIGMA_MIN, SD_SIGMA_MAX = 0.0291675, 14.614642
+LOG_2PI = math.log(2 * math.pi)
 
 
 class GaussianMixture:
@@ -60,7 +60,7 @@ class GaussianMixture:
         xf = self._flat(x)
         var = self.eigvals[None] + sigma.to(torch.float64).reshape(-1, 1, 1) ** 2  # [B, K, d]
         y = torch.einsum("kde,bkd->bke", self.eigvecs, xf[:, None] - self.means[None])
-        log_lik = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
+        log_lik = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * LOG_2PI)
         log_resp = torch.log_softmax(self.log_weights + log_lik, dim=-1)
         means = self.means[None] + torch.einsum("kde,bke->bkd", self.eigvecs,
                                                 y * self.eigvals[None] / var)
@@ -77,7 +77,7 @@ class GaussianMixture:
         xf = self._flat(x)
         var = self.eigvals[None] + sigma**2
         y = torch.einsum("kde,bkd->bke", self.eigvecs, xf[:, None] - self.means[None])
-        log_lik = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * math.log(2 * math.pi))
+        log_lik = -0.5 * ((y**2 / var).sum(-1) + var.log().sum(-1) + self.dim * LOG_2PI)
         return torch.logsumexp(self.log_weights + log_lik, dim=-1)
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
