@@ -70,6 +70,7 @@ class Batch:
     indices: list[int]
     seeds: list[int]
     prompts: list[str] | None
+    noise: Tensor
     latents: Tensor
     outputs: Tensor
     nfe: int
@@ -115,6 +116,6 @@ def generate(model: Model, sampling: Sampling, steps: int, seeds: Sequence[int],
                     f"{[s for s, b in zip(batch_seeds, bad.tolist(), strict=True) if b]}; "
                     "try more steps, a smaller guidance scale or a more stable sampler")
             outputs = model.decode(latents)
-        yield Batch(idx, batch_seeds, batch_prompts, latents, outputs, denoiser.nfe,
+        yield Batch(idx, batch_seeds, batch_prompts, z, latents, outputs, denoiser.nfe,
                     getattr(denoiser, "uncond_evals", 0))
 
