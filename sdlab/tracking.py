@@ -1,0 +1,80 @@
+"""Experiment tracking: W&B runs (offline by default), sample grids, environment versions.
+
+One W&B run per point, grouped by study (`group`), `job_type` = sampler, with a
+deterministic id (the point key) and `resume="allow"`, finished at the end of every job.
+"""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGES = ("sdlab", "torch", "diffusers", "transformers", "torchmetrics", "torch-fidelity")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape a result."""
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def start(cfg: DictConfig, key: str, job_dir: Path) -> Any:
+    """A W&B run for this point, or None when the logger is disabled."""
+    if cfg.logger.mode == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(
+        project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
+        group=cfg.name, job_type=cfg.sampler.name, name=f"{cfg.name}-{key}",
+        id=key, resume="allow", dir=str(job_dir), reinit="finish_previous",
+        config=OmegaConf.to_container(cfg, resolve=True),
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True,
+                                x_disable_machine_info=True),
+    )
+
+
+def finish(run: Any, result: dict[str, Any], grid: Path | None) -> None:
+    """Log the point's metrics, CIs and grid, then finish the run (failed points exit 1)."""
+    if run is None:
+        return
+    import wandb
+
+    log = {f"metrics/{k}": v for k, v in result.get("metrics", {}).items()}
+    for name, (lo, hi) in result.get("metrics_ci", {}).items():
+        log[f"metrics_ci/{name}_lo"], log[f"metrics_ci/{name}_hi"] = lo, hi
+    log.update(nfe=result.get("nfe"), steps=result["steps"])
+    if grid is not None:
+        log["samples"] = wandb.Image(str(grid))
+    run.log(log)
+    run.summary.update({"status": result["status"], "error": result["error"]})
+    run.finish(exit_code=0 if result["status"] == "ok" else 1)
+
+
+def save_grid(images: torch.Tensor, path: Path) -> Path | None:
+    """Save an image grid (RGB or single-channel outputs in [0, 1]); other outputs have none."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        return None
+    from torchvision.utils import save_image
+
+    save_image(images.float().clamp(0, 1), path, nrow=int(len(images) ** 0.5 + 0.999))
+    return path
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    head = (f"[sdlab] {result['status']}: {result['sampler']} / {result['schedule']} "
+            f"steps={result['steps']}")
+    if result["status"] != "ok":
+        return f"{head}: {result['error']}"
+    values = " ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
+    return f"{head} nfe={result['nfe']:g} {values} ({result['timings']['generate_s']:.1f}s)"
