@@ -88,24 +88,46 @@ def guided(model: Model, prompts: list[str] | None, negative: list[str] | None,
 
 
 def generate(model: Model, sampling: Sampling, steps: int, seeds: Sequence[int], *,
-             prompts: Sequence[str] | None = None, negative_prompt: str = "",
+             prompts: Sequence[str] | None = None, negative_prompt: str | Sequence[str] = "",
              guidance: GuidanceRule | None = None, batch_size: int = 16,
              callback: Callable[[dict], None] | None = None) -> Iterator[Batch]:
-    """Generate one image per seed (with `prompts[i]` for a conditional model), in batches."""
+    """Generate one image per seed (with `prompts[i]` for a conditional model), in batches.
+
+    `negative_prompt` is one string for every image or one per image. Inputs are checked
+    here, before anything runs; the batches come lazily.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if model.conditional and (prompts is None or len(prompts) != len(seeds)):
-        raise ValueError("a conditional model needs one prompt per seed")
-    rule = guidance or GuidanceRule(1.0)
+    if len(seeds) == 0:
+        raise ValueError("no seeds: pass one seed per image to generate")
+    negatives = ([negative_prompt] * len(seeds) if isinstance(negative_prompt, str)
+                 else list(negative_prompt))
+    if model.conditional:
+        if not prompts:
+            raise ValueError("the prompt list is empty: a conditional model needs one prompt "
+                             "per seed")
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds: a conditional "
+                             "model needs one prompt per seed")
+        if len(negatives) != len(seeds):
+            raise ValueError(f"{len(negatives)} negative prompts for {len(seeds)} seeds: give "
+                             "one string or one per seed")
+    return _batches(model, sampling, steps, list(seeds), prompts, negatives,
+                    guidance or GuidanceRule(1.0), batch_size, callback)
+
+
+def _batches(model: Model, sampling: Sampling, steps: int, seeds: list[int],
+             prompts: Sequence[str] | None, negatives: list[str], rule: GuidanceRule,
+             batch_size: int, callback: Callable[[dict], None] | None) -> Iterator[Batch]:
     for start in range(0, len(seeds), batch_size):
         idx = list(range(start, min(start + batch_size, len(seeds))))
         batch_seeds = [int(seeds[i]) for i in idx]
         batch_prompts = [prompts[i] for i in idx] if prompts is not None else None
         gens = noise.generators(batch_seeds)
         z = noise.randn(gens, model.latent_shape, dtype=model.dtype, device=model.device)
-        denoiser = guided(model, batch_prompts, [negative_prompt] * len(idx), rule)
+        denoiser = guided(model, batch_prompts, [negatives[i] for i in idx], rule)
         denoiser.reset_nfe()
         with torch.inference_mode():
             latents = sampling.run(model, denoiser, z, gens, steps, callback)
@@ -118,4 +140,3 @@ def generate(model: Model, sampling: Sampling, steps: int, seeds: Sequence[int],
             outputs = model.decode(latents)
         yield Batch(idx, batch_seeds, batch_prompts, z, latents, outputs, denoiser.nfe,
                     getattr(denoiser, "uncond_evals", 0))
-
