@@ -1,0 +1,105 @@
+"""Samplers that choose their own steps: embedded-error DPM-Solver and Restart sampling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from sdlab.samplers import register
+from sdlab.samplers.common import (
+    denoise,
+    noise_or_default,
+    report,
+    sigma_list,
+    sigma_of,
+    steps,
+    t_of,
+    to_d,
+)
+
+
+@register(paper="Lu et al. 2022, DPM-Solver (adaptive step size, DPM-Solver-12, Sec. 3.3 / "
+          "App. C)", order=2, type="ODE", steps="adaptive", nfe_per_step="adaptive")
+def dpm_adaptive(denoiser, x, sigmas, *, noise=None, callback=None, rtol: float = 0.05,
+                 atol: float = 0.0078, h_init: float = 0.05, safety: float = 0.9) -> Tensor:
+    """DPM-Solver-12: 2nd-order steps in t whose size follows the 1st-order embedded error.
+
+    Integrates from sigmas[0] to the last nonzero sigma (the steps in between are ignored),
+    then returns the denoised estimate there. The step size follows the worst sample of the
+    batch, so results depend on the batch's make-up to within the tolerance. Its nfe is
+    whatever the control needed: the denoiser's counter and the callback's `nfe` tell it.
+    """
+    s = sigma_list(sigmas)
+    t, t_end, h, i, nfe = t_of(s[0]), t_of(s[-2]), h_init, 0, 0
+    x_prev, denoised = x, None
+    while t < t_end - 1e-9:
+        h = min(h, t_end - t)
+        sigma, sigma_mid, sigma_next = sigma_of(t), sigma_of(t + h / 2), sigma_of(t + h)
+        if denoised is None:  # D at t is reused when a step is rejected
+            denoised, nfe = denoise(denoiser, x, sigma), nfe + 1
+        x_low = (sigma_next / sigma) * x - math.expm1(-h) * denoised  # DPM-Solver-1
+        x_mid = (sigma_mid / sigma) * x - math.expm1(-h / 2) * denoised
+        x_high = (sigma_next / sigma) * x - math.expm1(-h) * denoise(denoiser, x_mid, sigma_mid)
+        nfe += 1
+        # error relative to max(atol, rtol * |x|), RMS per sample, worst sample of the batch
+        delta = torch.maximum(x_low.abs(), x_prev.abs()).mul(rtol).clamp(min=atol)
+        err = float(((x_high - x_low) / delta).flatten(1).pow(2).mean(1).sqrt().max())
+        if err <= 1:  # accept the 2nd-order solution (local extrapolation)
+            report(callback, i, x, sigma, sigma_next, denoised, nfe=nfe)
+            x_prev, x, t, i, denoised = x, x_high, t + h, i + 1, None
+        h *= min(max(safety * max(err, 1e-10) ** -0.5, 0.2), 5.0)  # error ~ h^2
+    denoised = denoise(denoiser, x, s[-2])  # the last step lands on the denoised estimate
+    report(callback, i, x, s[-2], 0.0, denoised, nfe=nfe + 1)
+    return denoised
+
+
+def _nearest(s: list[float], sigma: float, below: int) -> int:
+    """Index of the schedule point nearest `sigma` among the nonzero points before `below`."""
+    return min(range(below), key=lambda j: abs(math.log(s[j]) - math.log(sigma)))
+
+
+@register(paper="Xu et al. 2023, Restart Sampling for Improving Generative Processes (Alg. 1)",
+          order=2, type="SDE", steps="single", nfe_per_step="2 (+ restart loops)")
+def restart(denoiser, x, sigmas, *, noise=None, callback=None,
+            restarts: Sequence[Sequence[float]] = ((0.1, 2.0, 2),),
+            s_noise: float = 1.0) -> Tensor:
+    """Restart: Heun ODE steps; on reaching each sigma_lo, K times re-noise to sigma_hi and re-solve.
+
+    Each restart interval is (sigma_lo, sigma_hi, K), snapped to the nearest schedule
+    points; the re-solve reuses the schedule's own steps between them, so the schedule
+    stays the caller's choice.
+    """
+    noise = noise_or_default(noise, x)
+    s, plan, calls = sigma_list(sigmas), {}, 0
+    for sigma_lo, sigma_hi, k in restarts:
+        if not 0 < sigma_lo < sigma_hi:
+            raise ValueError(f"restart interval needs 0 < sigma_lo < sigma_hi, got "
+                             f"({sigma_lo}, {sigma_hi})")
+        j_lo = _nearest(s, sigma_lo, len(s) - 1)
+        j_hi = _nearest(s, sigma_hi, j_lo) if j_lo > 0 else j_lo
+        if j_hi < j_lo:
+            plan[j_lo] = (j_hi, int(k))
+
+    def heun_step(x: Tensor, sigma: float, sigma_next: float) -> Tensor:
+        nonlocal calls
+        denoised = denoise(denoiser, x, sigma)
+        report(callback, calls, x, sigma, sigma_next, denoised)
+        calls += 1
+        if sigma_next == 0:  # the last step lands exactly on the denoised estimate
+            return denoised
+        d = to_d(x, sigma, denoised)
+        x_next = x + d * (sigma_next - sigma)
+        d_next = to_d(x_next, sigma_next, denoise(denoiser, x_next, sigma_next))
+        return x + (d + d_next) / 2 * (sigma_next - sigma)
+
+    for i, sigma, sigma_next in steps(sigmas):
+        x = heun_step(x, sigma, sigma_next)  # the main ODE pass
+        j_hi, k = plan.get(i + 1, (None, 0))
+        for _ in range(k):  # restart: forward noise to sigma_hi, then backward ODE again
+            x = x + noise(s[i + 1], s[j_hi]) * s_noise * math.sqrt(s[j_hi] ** 2 - s[i + 1] ** 2)
+            for _, sig, sig_next in steps(sigmas)[j_hi:i + 1]:
+                x = heun_step(x, sig, sig_next)
+    return x
