@@ -3,6 +3,11 @@
 Every metric follows `Metric`: it sees each `sdlab.pipeline.Batch` once, returns a dict of
 named values (names say their feature space, e.g. `fd_inception`), bootstrap confidence
 intervals over generated images, and a fingerprint of every setting that affects its value.
+
+Bootstrap: a metric that implements `replicates(counts)` gets `intervals()` and
+`paired_difference()` for free. `counts` is [B, n]: how often each generated image (in the
+order of `image_ids`) is drawn in each of B resamples; an all-ones row is the point estimate.
+Resampling reuses the stored per-image features; nothing is regenerated.
 """
 
 from __future__ import annotations
@@ -17,15 +22,25 @@ from torch import Tensor
 class Metric:
     """Base class of streaming metrics."""
 
+    image_ids: list[int]
+
     def update(self, batch: Any) -> None:
         raise NotImplementedError
 
     def compute(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def replicates(self, counts: Tensor) -> dict[str, Tensor]:
+        """Each value [B] on the count-weighted resamples of the generated images."""
+        raise NotImplementedError
+
     def intervals(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0
                   ) -> dict[str, tuple[float, float]]:
-        return {}
+        """Percentile bootstrap intervals over generated images."""
+        if type(self).replicates is Metric.replicates:
+            return {}
+        counts = bootstrap_counts(len(self.image_ids), n_boot, seed)
+        return {k: percentile_interval(v, level) for k, v in _chunked(self, counts).items()}
 
     def fingerprint(self) -> dict[str, Any]:
         return {"metric": type(self).__name__}
@@ -33,7 +48,7 @@ class Metric:
 
 def percentile_interval(values: Tensor, level: float) -> tuple[float, float]:
     """The central `level` percentile interval of bootstrap replicates."""
-    lo, hi = torch.quantile(values.to(torch.float64),
+    lo, hi = torch.quantile(values.cpu().to(torch.float64),
                             torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return float(lo), float(hi)
 
@@ -42,6 +57,53 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> Tensor:
     """`n_boot` resamples (with replacement) of `n` items, reproducible from `seed`."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, n, (n_boot, n), generator=g)
+
+
+def bootstrap_counts(n: int, n_boot: int, seed: int) -> Tensor:
+    """How often each of `n` items is drawn in each of `n_boot` resamples [n_boot, n]."""
+    idx = bootstrap_indices(n, n_boot, seed)
+    return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(idx.shape, dtype=torch.float64))
+
+
+def _chunked(metric: Metric, counts: Tensor, chunk: int = 128) -> dict[str, Tensor]:
+    parts = [metric.replicates(counts[s : s + chunk]) for s in range(0, len(counts), chunk)]
+    return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
+
+
+def paired_difference(a: Metric, b: Metric, level: float = 0.95, n_boot: int = 1000,
+                      seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """`a - b` with a paired bootstrap interval, for two points generated from the same seeds.
+
+    Both metrics are resampled with the same image draws (matched by image id), so the noise
+    the two points share cancels. Returns {name: (difference, lo, hi)}.
+    """
+    if sorted(a.image_ids) != sorted(b.image_ids):
+        raise ValueError("paired_difference needs the same generated image ids in both metrics; "
+                         f"got {len(a.image_ids)} and {len(b.image_ids)} ids that differ")
+    order = {i: p for p, i in enumerate(a.image_ids)}
+    to_b = torch.tensor([order[i] for i in b.image_ids])
+    counts = bootstrap_counts(len(a.image_ids), n_boot, seed)
+    counts = torch.cat([torch.ones(1, len(a.image_ids), dtype=torch.float64), counts])
+    ra, rb = _chunked(a, counts), _chunked(b, counts[:, to_b])
+    out = {}
+    for name in ra.keys() & rb.keys():
+        diff = ra[name] - rb[name]
+        out[name] = (float(diff[0]), *percentile_interval(diff[1:], level))
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a metric value depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "torchvision", "torchmetrics", "torch-fidelity", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
 
 
 def build(config: Mapping[str, Any], **context: Any) -> dict[str, Metric]:

@@ -1,0 +1,147 @@
+"""Distribution statistics against independent reference implementations."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from sdlab.metrics import bootstrap_counts, percentile_interval
+from sdlab.metrics.knn import precision_recall_replicates
+from sdlab.metrics.stats import (
+    GaussianStats,
+    fd_replicates,
+    frechet_distance,
+    kid_kernel,
+    mmd2_replicates,
+    rbf_kernel,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # small linear algebra: thread hand-offs cost more than they save on a shared CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _features(n, d, seed, shift=0.0):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(d, d)) / np.sqrt(d)
+    return rng.normal(size=(n, d)) @ a + shift
+
+
+def _scipy_fd(x, y):
+    mu1, mu2 = x.mean(0), y.mean(0)
+    c1, c2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = scipy.linalg.sqrtm(c1 @ c2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(root))
+
+
+def _stats(x):
+    s = GaussianStats.empty(x.shape[1])
+    s.update(torch.from_numpy(x))
+    return s
+
+
+def test_fd_matches_scipy_sqrtm_and_pytorch_fid():
+    x, y = _features(400, 32, 0), _features(300, 32, 1, shift=0.3)
+    sx, sy = _stats(x), _stats(y)
+    fd = frechet_distance(sx.mean, sx.cov, sy.mean, sy.cov)
+    assert fd == pytest.approx(_scipy_fd(x, y), rel=1e-6)
+    fid_score = pytest.importorskip("pytorch_fid.fid_score")
+    ref = fid_score.calculate_frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0),
+                                               np.cov(y, rowvar=False))
+    assert fd == pytest.approx(float(ref), rel=1e-6)
+
+
+def test_streaming_stats_equal_one_batch():
+    x = _features(1024, 48, 2, shift=5.0)
+    one = _stats(x)
+    many = GaussianStats.empty(48)
+    for chunk in np.split(x, 16):
+        many.update(torch.from_numpy(chunk))
+    np.testing.assert_allclose(many.cov.numpy(), np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
+    ref = _stats(_features(500, 48, 3))
+    a = frechet_distance(one.mean, one.cov, ref.mean, ref.cov)
+    b = frechet_distance(many.mean, many.cov, ref.mean, ref.cov)
+    assert b == pytest.approx(a, rel=1e-9)
+
+
+def test_fd_replicates_point_equals_streaming_fd():
+    x, y = _features(200, 16, 4), _features(300, 16, 5)
+    sy = _stats(y)
+    rep = fd_replicates(torch.from_numpy(x), torch.ones(1, 200), sy.mean, sy.cov)
+    assert float(rep[0]) == pytest.approx(_scipy_fd(x, y), rel=1e-6)
+
+
+def _unbiased_mmd(x, y, k):
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    m, n = len(x), len(y)
+    return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+            - 2 * kxy.mean())
+
+
+def test_kid_equals_unbiased_polynomial_estimator():
+    x, y = _features(300, 20, 6), _features(250, 20, 7, shift=0.2)
+    ref = _unbiased_mmd(x, y, lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3)
+    ours = mmd2_replicates(torch.from_numpy(x), torch.from_numpy(y), torch.ones(1, 250),
+                           kid_kernel, block=64)
+    assert float(ours[0]) == pytest.approx(ref, rel=1e-9)
+
+
+def test_cmmd_rbf_and_weighted_resample_equal_explicit_resample():
+    x, y = _features(120, 8, 8), _features(90, 8, 9, shift=0.5)
+
+    def rbf(a, b):
+        return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * 10.0**2))
+
+    idx = np.random.default_rng(0).integers(0, 90, 90)
+    counts = torch.from_numpy(np.bincount(idx, minlength=90)).double()[None]
+    ours = mmd2_replicates(torch.from_numpy(x), torch.from_numpy(y),
+                           torch.cat([torch.ones(1, 90), counts]), rbf_kernel(10.0), block=32)
+    assert float(ours[0]) == pytest.approx(_unbiased_mmd(x, y, rbf), rel=1e-9)
+    assert float(ours[1]) == pytest.approx(_unbiased_mmd(x, y[idx], rbf), rel=1e-9)
+
+
+def test_precision_recall_brute_force():
+    ref, gen = _features(150, 5, 10), _features(120, 5, 11, shift=0.7)
+    k = 3
+
+    def radii(a):
+        d = np.linalg.norm(a[:, None] - a[None], axis=-1)
+        return np.sort(d, axis=1)[:, k]
+
+    d = np.linalg.norm(gen[:, None] - ref[None], axis=-1)  # [gen, ref]
+    precision = (d <= radii(ref)[None]).any(1).mean()
+    recall = (d.T <= radii(gen)[None]).any(1).mean()
+    p, r = precision_recall_replicates(torch.from_numpy(ref), torch.from_numpy(gen),
+                                       torch.ones(1, 120), k=k, block=40)
+    assert float(p[0]) == pytest.approx(precision) and float(r[0]) == pytest.approx(recall)
+    assert 0 < precision < 1 and 0 < recall < 1
+
+
+def test_fd_bootstrap_interval_covers_known_fd_at_nominal_rate():
+    # samples of N(mu1, C1) against the exact N(mu2, C2): the true FD is known in closed form
+    d, n, trials, level = 2, 1000, 400, 0.9
+    mu1, mu2 = torch.tensor([0.0, 0.0]), torch.tensor([0.6, -0.4])
+    c1 = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    c2 = torch.tensor([[0.7, 0.0], [0.0, 1.2]], dtype=torch.float64)
+    truth = _scipy_fd_moments(mu1.numpy(), c1.numpy(), mu2.numpy(), c2.numpy())
+    chol = torch.linalg.cholesky(c1)
+    g = torch.Generator().manual_seed(0)
+    hits = 0
+    for t in range(trials):
+        x = mu1.double() + torch.randn(n, d, generator=g, dtype=torch.float64) @ chol.T
+        boot = fd_replicates(x, bootstrap_counts(n, 200, seed=t), mu2.double(), c2)
+        lo, hi = percentile_interval(boot, level)
+        hits += lo <= truth <= hi
+    rate = hits / trials
+    print(f"coverage of the nominal {level} interval: {rate:.3f} over {trials} trials")
+    assert abs(rate - level) < 0.05, rate  # binomial sd at 400 trials is 0.015
+
+
+def _scipy_fd_moments(mu1, c1, mu2, c2):
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2)
+                 - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2).real))
