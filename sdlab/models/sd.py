@@ -135,7 +135,8 @@ class LatentDiffusionModel:
                 hidden.append(out.hidden_states[-(self.clip_skip + 2)])
             elif self.clip_skip:
                 h = out.hidden_states[-(self.clip_skip + 1)]
-                hidden.append(enc.text_model.final_layer_norm(h))
+                # transformers 5 dropped the `text_model` level of CLIPTextModel
+                hidden.append(getattr(enc, "text_model", enc).final_layer_norm(h))
             else:
                 hidden.append(out[0])
         dtype = self.parts.text_encoders[-1].dtype

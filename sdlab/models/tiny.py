@@ -111,8 +111,16 @@ def pipeline(family: str, seed: int = 0):
         scheduler=EulerDiscreteScheduler(**sd_scheduler, timestep_spacing="leading"))
 
 
+def _sd_scheduler_keys(pipe):
+    """Real SD/XL scheduler configs carry these keys whatever the class; other schedulers
+    built `from_config` (DDIM, PNDM, ...) read them from there."""
+    pipe.scheduler.register_to_config(clip_sample=False, set_alpha_to_one=False,
+                                      skip_prk_steps=True)
+    return pipe
+
+
 def save_tiny(folder: str | Path, family: str, seed: int = 0) -> Path:
     """Write a tiny `family` model as a diffusers folder (safetensors) and return its path."""
     folder = Path(folder)
-    pipeline(family, seed).save_pretrained(folder, safe_serialization=True)
+    _sd_scheduler_keys(pipeline(family, seed)).save_pretrained(folder, safe_serialization=True)
     return folder
