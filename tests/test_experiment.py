@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
 from sdlab.cli import CONFIG_DIR
-from sdlab.experiment import ConfigError, point_key, run
+from sdlab.experiment import ConfigError, run
+from sdlab.results import point_key
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
 
