@@ -180,7 +180,7 @@ def load_clip(name_or_path: str, device: str) -> tuple[Any, Any]:
     try:
         model = CLIPModel.from_pretrained(source).to(device).eval()
         processor = CLIPProcessor.from_pretrained(source)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: not a valid hub id nor a directory
         raise MissingWeightsError(
             f"CLIP model {name_or_path!r} is not available on this machine: give a local "
             "directory holding a transformers CLIPModel (config.json, model.safetensors) with "

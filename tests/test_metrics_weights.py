@@ -1,0 +1,182 @@
+"""Inception and CLIP paths end to end, on weight files the tests create, and missing weights."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdlab.metrics.clip_score import CLIPScore
+from sdlab.metrics.extractors import (
+    INCEPTION_FILE,
+    CLIPFeatures,
+    DINOv2Features,
+    InceptionFeatures,
+    MissingWeightsError,
+    load_clip,
+)
+from sdlab.metrics.features import FeatureDistance
+from sdlab.metrics.reference import ImageFolder
+from sdlab.pipeline import Batch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty torch hub cache, where torch-fidelity and torchmetrics look for weights."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # a set_dir() elsewhere would win
+    return tmp_path / "torch" / "hub"
+
+
+def _batch(images, start=0, prompts=None):
+    n = len(images)
+    return Batch(indices=list(range(start, start + n)), seeds=list(range(start, start + n)),
+                 prompts=prompts, noise=torch.zeros(n), latents=torch.zeros(n), outputs=images,
+                 nfe=1, uncond_evals=0)
+
+
+def _images(n, seed, size=32):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture
+def random_inception(torch_home, monkeypatch):
+    """A randomly initialised Inception saved where a user's downloaded weights would be."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    with monkeypatch.context() as m:  # build the network without loading any weights
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = torch_home / "checkpoints" / INCEPTION_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_missing_inception_weights_error_names_file_and_place(torch_home):
+    with pytest.raises(MissingWeightsError) as err:
+        InceptionFeatures(download=False, device="cpu")
+    expected = torch_home / "checkpoints" / INCEPTION_FILE
+    assert str(expected) in str(err.value) and "https://" in str(err.value)
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        InceptionFeatures(weights_path=str(torch_home / "nope.pth"), device="cpu")
+
+
+def test_missing_dinov2_and_clip_errors(torch_home, tmp_path):
+    with pytest.raises(MissingWeightsError, match="dinov2_vits14_pretrain.pth"):
+        DINOv2Features("dinov2-vit-s-14", device="cpu")
+    with pytest.raises(MissingWeightsError, match="hf download"):
+        load_clip(str(tmp_path / "no-such-clip"), "cpu")
+
+
+def test_inception_from_hub_cache_matches_torch_fidelity(random_inception, tmp_path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    with pytest.warns(UserWarning, match="not the standard FID Inception"):
+        ext = InceptionFeatures(download=False, device="cpu")
+    settings = ext.settings()
+    assert settings["weights_sha256"] == hashlib.sha256(random_inception.read_bytes()).hexdigest()
+    assert settings["standard_weights"] is False and "TF1" in settings["resize"]
+    images = _images(2, 0)
+    ours = ext(images[:1])
+    # torch-fidelity's own extractor on the same file, fed uint8 as it requires
+    ref_net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                          feature_extractor_weights_path=str(random_inception))
+    ref = ref_net((images[:1] * 255).round().to(torch.uint8))[0]
+    assert ours.shape == (1, 2048) and torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+    # the rest only checks the plumbing: a smaller network input keeps it fast
+    ext.net.INPUT_IMAGE_SIZE = 75
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i, im in enumerate(_images(3, 1)):
+        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+            folder / f"{i}.png")
+    metric = FeatureDistance(ext, ImageFolder(str(folder)), metrics=("fd", "kid"),
+                             cache_dir=str(tmp_path / "cache"))
+    metric.update(_batch(images))
+    metric.update(_batch(_images(1, 2), start=2))
+    values = metric.compute()
+    assert set(values) == {"fd_inception", "kid_inception"}
+    assert all(np.isfinite(v) for v in values.values())
+    fp = metric.fingerprint()["inception"]
+    assert fp["extractor"]["weights_sha256"] == settings["weights_sha256"]
+    assert fp["reference"]["n"] == 3 and fp["n_generated"] == 3
+
+
+def _tiny_clip(path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    path.mkdir()
+    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
+    vocab |= {f"{c}</w>": 26 + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
+    vocab |= {"<|startoftext|>": 52, "<|endoftext|>": 53}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"),
+                        pad_token="<|endoftext|>", model_max_length=32)
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+             "num_attention_heads": 2}
+    ids = {"bos_token_id": 52, "eos_token_id": 53, "pad_token_id": 53}
+    config = CLIPConfig(
+        text_config=tower | ids | {"vocab_size": 54, "max_position_embeddings": 32},
+        vision_config=tower | {"image_size": 32, "patch_size": 8}, projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+    proc = CLIPImageProcessor(do_resize=False, do_center_crop=False, image_mean=[0.5] * 3,
+                              image_std=[0.5] * 3)
+    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def clip_dir(tmp_path):
+    return _tiny_clip(tmp_path / "clip")
+
+
+def _manual_clip(path, images, prompts):
+    """Image and text embeddings straight from transformers, for an independent reference."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(path).eval()
+    tok = CLIPTokenizer.from_pretrained(path)
+    px = ((images * 255).round() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        img = model.vision_model(pixel_values=px).pooler_output
+        img = model.visual_projection(img)
+        ids = tok(prompts, padding=True, return_tensors="pt")
+        txt = model.text_model(**ids).pooler_output
+        txt = model.text_projection(txt)
+    return torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+
+
+def test_clip_score_and_clip_features_from_a_local_model(clip_dir):
+    images = _images(4, 3)
+    prompts = ["a red circle", "a blue square", "a green triangle", "a small circle"]
+    img, txt = _manual_clip(clip_dir, images, prompts)
+    metric = CLIPScore(model=str(clip_dir), device="cpu")
+    metric.update(_batch(images[:2], 0, prompts[:2]))
+    metric.update(_batch(images[2:], 2, prompts[2:]))
+    expected = max(float(100 * (img * txt).sum(-1).mean()), 0.0)
+    assert metric.compute()["clip_score"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+    fp = metric.fingerprint()["clip_score"]
+    weights = clip_dir / "model.safetensors"
+    assert fp["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert "100 * cos" in fp["scale"]
+    lo, hi = metric.intervals(n_boot=200)["clip_score"]
+    assert lo <= metric.compute()["clip_score"] <= hi
+
+    feats = CLIPFeatures(model=str(clip_dir), device="cpu")(images)
+    torch.testing.assert_close(feats, img.float(), rtol=1e-4, atol=1e-5)
