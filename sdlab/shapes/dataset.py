@@ -104,8 +104,10 @@ def vocabulary() -> list[str]:
 
 
 def sample_objects(rng: np.random.Generator) -> tuple[ShapeObject, ...]:
-    positions = PAIRS[rng.integers(len(PAIRS))] if rng.random() < P_TWO_OBJECTS else (
-        list(POSITIONS)[rng.integers(len(POSITIONS))],
+    positions = (
+        PAIRS[rng.integers(len(PAIRS))]
+        if rng.random() < P_TWO_OBJECTS
+        else (list(POSITIONS)[rng.integers(len(POSITIONS))],)
     )
     return tuple(
         ShapeObject(
@@ -118,30 +120,29 @@ def sample_objects(rng: np.random.Generator) -> tuple[ShapeObject, ...]:
     )
 
 
-def _shape_mask(shape: str, cx: float, cy: float, side: float, x, y) -> np.ndarray:
-    dx, dy = x - cx, y - cy
-    half = side / 2
+def coverage(shape: str, cx: float, cy: float, side: float) -> np.ndarray:
+    """Fraction [32, 32] of each pixel covered by `shape` with bounding-box centre and side."""
+    n = RESOLUTION * SUPERSAMPLE
+    x, y = np.meshgrid(*[(np.arange(n) + 0.5) / SUPERSAMPLE] * 2)
+    dx, dy, half = x - cx, y - cy, side / 2
     if shape == "circle":
-        return dx**2 + dy**2 <= half**2
-    if shape == "square":
-        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
-    # upright triangle filling its bounding box: apex at the top, base at the bottom
-    return (dy <= half) & (np.abs(dx) <= (dy + half) / 2)
+        mask = dx**2 + dy**2 <= half**2
+    elif shape == "square":
+        mask = (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    else:  # upright triangle filling its bounding box: apex at the top, base at the bottom
+        mask = (dy <= half) & (np.abs(dx) <= (dy + half) / 2)
+    return mask.reshape(RESOLUTION, SUPERSAMPLE, RESOLUTION, SUPERSAMPLE).mean((1, 3))
 
 
 def render(objects: tuple[ShapeObject, ...], rng: np.random.Generator) -> np.ndarray:
     """Antialiased [3, 32, 32] float32 image of `objects`, with jittered size/position/shade."""
-    n = RESOLUTION * SUPERSAMPLE
-    coords = (np.arange(n) + 0.5) / SUPERSAMPLE
-    x, y = np.meshgrid(coords, coords)
-    image = np.broadcast_to(np.array(BACKGROUND, np.float32)[:, None, None], (3, 32, 32)).copy()
+    image = np.broadcast_to(np.array(BACKGROUND)[:, None, None], (3, RESOLUTION, RESOLUTION))
     for o in objects:
         side = rng.uniform(*SIZES[o.size])
         cx, cy = np.array(POSITIONS[o.position]) + rng.uniform(-JITTER, JITTER, 2)
         color = np.clip(np.array(COLORS[o.color]) + rng.uniform(-1, 1, 3) * COLOR_JITTER, 0, 1)
-        mask = _shape_mask(o.shape, cx, cy, side, x, y).astype(np.float32)
-        alpha = mask.reshape(RESOLUTION, SUPERSAMPLE, RESOLUTION, SUPERSAMPLE).mean((1, 3))
-        image = image * (1 - alpha) + color.astype(np.float32)[:, None, None] * alpha
+        alpha = coverage(o.shape, cx, cy, side)
+        image = image * (1 - alpha) + color[:, None, None] * alpha
     return image.astype(np.float32)
 
 

@@ -1,6 +1,6 @@
 """Stage 1: a CLIPTokenizer whose BPE merges turn every word of the shapes grammar into one token.
 
-    python -m sdlab.shapes.train_tokenizer --out .train/tokenizer
+python -m sdlab.shapes.train_tokenizer --out .train/tokenizer
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=MAX_LENGTH)
     args = parser.parse_args(argv)
     tokenizer = build_tokenizer(args.out, args.max_length)
-    print(f"tokenizer: {len(tokenizer)} tokens, max_length {tokenizer.model_max_length} -> {args.out}")
+    print(f"{len(tokenizer)} tokens, max_length {tokenizer.model_max_length} -> {args.out}")
 
 
 if __name__ == "__main__":

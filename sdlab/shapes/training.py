@@ -99,7 +99,8 @@ class Run:
 
     def checkpoint(self, objects: dict) -> None:
         state = {name: obj.state_dict() for name, obj in objects.items()}
-        state |= {"step": self.step, "train_s": self.elapsed(), "generator": self.generator.get_state()}
+        state["step"], state["train_s"] = self.step, self.elapsed()
+        state["generator"] = self.generator.get_state()
         atomic_save(state, self.ckpt_path)
 
     def log(self, **values) -> None:
