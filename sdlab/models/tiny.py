@@ -33,6 +33,7 @@ FAMILIES = ("sd1", "sd2", "sdxl")
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 16
 TEXT_DIM = 32
+TEXT_DIM_2 = 48  # XL's second encoder is wider, as in SDXL (1280 vs 768): single files rely on it
 
 
 def tokenizer(folder: Path) -> CLIPTokenizer:
@@ -47,8 +48,9 @@ def tokenizer(folder: Path) -> CLIPTokenizer:
 
 
 def text_config(tok: CLIPTokenizer, **overrides) -> CLIPTextConfig:
+    overrides.setdefault("hidden_size", TEXT_DIM)
     return CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=37, num_hidden_layers=3,
+        vocab_size=len(tok), intermediate_size=37, num_hidden_layers=3,
         num_attention_heads=4, max_position_embeddings=MAX_LENGTH, projection_dim=TEXT_DIM,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, **overrides)
@@ -79,7 +81,8 @@ def unet(family: str) -> UNet2DConditionModel:
     if family == "sdxl":
         return UNet2DConditionModel(
             **common, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2 * TEXT_DIM,
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=TEXT_DIM + TEXT_DIM_2,
             attention_head_dim=(4, 8), use_linear_projection=True,
             transformer_layers_per_block=(1, 2), addition_embed_type="text_time",
             addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + TEXT_DIM)
@@ -106,7 +109,8 @@ def pipeline(family: str, seed: int = 0):
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return StableDiffusionXLPipeline(
         unet=unet(family), vae=vae(), text_encoder=CLIPTextModel(text_config(tok)),
-        text_encoder_2=CLIPTextModelWithProjection(text_config(tok, hidden_act="gelu")),
+        text_encoder_2=CLIPTextModelWithProjection(
+            text_config(tok, hidden_act="gelu", hidden_size=TEXT_DIM_2)),
         tokenizer=tok, tokenizer_2=tok,
         scheduler=EulerDiscreteScheduler(**sd_scheduler, timestep_spacing="leading"))
 
