@@ -79,8 +79,9 @@ def test_fd_replicates_point_equals_streaming_fd():
 def _unbiased_mmd(x, y, k):
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
     m, n = len(x), len(y)
-    return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-            - 2 * kxy.mean())
+    xx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+    yy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+    return xx + yy - 2 * kxy.mean()
 
 
 def test_kid_equals_unbiased_polynomial_estimator():

@@ -173,7 +173,7 @@ class ReferenceStats:
     spec: dict[str, Any]
     mean: Tensor  # [d] float64
     cov: Tensor  # [d, d] float64
-    features: Tensor  # [n, d] float32
+    features: Tensor  # [n, d] in the extractor's dtype
     sha256: str  # of mean, covariance and features
 
     @property
@@ -213,7 +213,7 @@ def reference_stats(source: ReferenceSource, extractor: Extractor,
 
 def _compute(source: ReferenceSource, extractor: Extractor, batch_size: int) -> dict[str, Any]:
     feats = [extractor(images) for images in source.batches(batch_size)]
-    features = torch.cat(feats).float()
+    features = torch.cat(feats).cpu()
     stats = GaussianStats.empty(features.shape[1])
     for f in feats:
         stats.update(f)
