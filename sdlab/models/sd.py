@@ -216,5 +216,17 @@ def build(path: str, *, name: str = "sd", family: str = "auto", height: int | No
                                 dtype=torch_dtype, device=resolve_device(device), **options)
 
 
-__all__ = ["LatentDiffusionModel", "ModelLoadError", "UNetNetwork", "build", "resolve_device",
-           "resolve_dtype"]
+def bundled(asset: str = "tiny_shapes", **kwargs: Any) -> LatentDiffusionModel:
+    """A model shipped inside the package, under `sdlab/assets/<asset>/` (diffusers format)."""
+    from importlib import resources
+
+    folder = resources.files("sdlab") / "assets" / asset
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"the bundled model {asset!r} is not installed (no sdlab/assets/{asset}/"
+            "model_index.json); train it with the sdlab.shapes stages or pick another model")
+    return build(str(folder), name=asset, **kwargs)
+
+
+__all__ = ["LatentDiffusionModel", "ModelLoadError", "UNetNetwork", "build", "bundled",
+           "resolve_device", "resolve_dtype"]
