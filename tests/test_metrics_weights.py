@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from sdlab.metrics.extractors import (
 from sdlab.metrics.features import FeatureDistance
 from sdlab.metrics.reference import ImageFolder
 from sdlab.pipeline import Batch
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "metrics"
 
 
 @pytest.fixture(autouse=True)
@@ -166,7 +169,7 @@ def test_clip_score_and_clip_features_from_a_local_model(clip_dir):
     images = _images(4, 3)
     prompts = ["a red circle", "a blue square", "a green triangle", "a small circle"]
     img, txt = _manual_clip(clip_dir, images, prompts)
-    metric = CLIPScore(model=str(clip_dir), device="cpu")
+    metric = CLIPScore(str(clip_dir), device="cpu")
     metric.update(_batch(images[:2], 0, prompts[:2]))
     metric.update(_batch(images[2:], 2, prompts[2:]))
     expected = max(float(100 * (img * txt).sum(-1).mean()), 0.0)
@@ -178,5 +181,84 @@ def test_clip_score_and_clip_features_from_a_local_model(clip_dir):
     lo, hi = metric.intervals(n_boot=200)["clip_score"]
     assert lo <= metric.compute()["clip_score"] <= hi
 
-    feats = CLIPFeatures(model=str(clip_dir), device="cpu")(images)
+    feats = CLIPFeatures(str(clip_dir), device="cpu")(images)
     torch.testing.assert_close(feats, img.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_shapes_config_end_to_end(clip_dir, tmp_path):
+    pytest.importorskip("sdlab.shapes.checker")
+    from omegaconf import OmegaConf
+
+    from sdlab.metrics import build
+    from sdlab.shapes.dataset import get_batch
+
+    config = OmegaConf.load(CONFIGS / "tiny_shapes.yaml")
+    config.clip.extractor.model_name_or_path = str(clip_dir)
+    config.clip_score.model_name_or_path = str(clip_dir)
+    config.clip.reference.n = 64
+    metrics = build(config, model=None, cache_dir=str(tmp_path))
+    images, captions, _ = get_batch(range(32), "train")
+    for s in (0, 16):
+        batch = _batch(images[s : s + 16], s, captions[s : s + 16])
+        for m in metrics.values():
+            m.update(batch)
+    values = {k: v for m in metrics.values() for k, v in m.compute().items()}
+    assert {"fd_clip", "cmmd_clip", "clip_score", "shapes_accuracy"} <= set(values)
+    assert values["shapes_accuracy"] > 0.9  # dataset images are what their captions say
+    intervals = {k: v for m in metrics.values() for k, v in m.intervals(n_boot=50).items()}
+    assert {"fd_clip", "cmmd_clip", "clip_score", "shapes_accuracy"} <= set(intervals)
+    fp = metrics["clip"].fingerprint()["clip"]
+    assert fp["reference"]["source"]["source"] == "sdlab.shapes" and fp["reference"]["n"] == 64
+
+
+def _coco(root, sizes):
+    import json
+
+    (root / "val2014").mkdir(parents=True)
+    images, annotations = [], []
+    for i, (w, h) in enumerate(sizes):
+        name = f"COCO_val2014_{i:012d}.jpg"
+        pixels = np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "val2014" / name)
+        images.append({"id": 100 + i, "file_name": name, "width": w, "height": h})
+        annotations += [{"id": 10 * i + 1, "image_id": 100 + i, "caption": f"second {i}"},
+                        {"id": 10 * i, "image_id": 100 + i, "caption": f" first {i} "}]
+    (root / "annotations").mkdir()
+    (root / "annotations" / "captions_val2014.json").write_text(
+        json.dumps({"images": images, "annotations": annotations}))
+    return root
+
+
+def test_coco_source_selection_captions_and_resize(tmp_path):
+    from sdlab.metrics.reference import COCO
+
+    root = _coco(tmp_path / "coco", [(40, 30), (30, 50), (64, 64), (33, 20)])
+    src = COCO(str(root / "annotations" / "captions_val2014.json"), str(root / "val2014"),
+               n=3, resolution=16)
+    prompts = src.prompts()
+    assert len(prompts) == 3 and all(p.startswith("first") for p in prompts)
+    (batch,) = list(src.batches(8))
+    assert batch.shape == (3, 3, 16, 16) and 0 <= batch.min() and batch.max() <= 1
+    assert src.key() != COCO(src.captions, src.images, n=3, resolution=32).key()
+    with pytest.raises(ValueError, match="year"):
+        COCO(src.captions, src.images, year=2015).prompts()
+
+
+@pytest.mark.slow
+def test_sd_coco_config_end_to_end(random_inception, clip_dir, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from sdlab.metrics import build
+
+    root = _coco(tmp_path / "coco", [(64, 48), (48, 64), (64, 64)])
+    monkeypatch.setenv("COCO_ROOT", str(root))
+    config = OmegaConf.load(CONFIGS / "sd_coco.yaml")
+    config.inception.reference.n, config.inception.reference.resolution = 3, 64
+    config.clip_score.model_name_or_path = str(clip_dir)
+    with pytest.warns(UserWarning, match="not the standard"):
+        metrics = build(config, model=None, cache_dir=str(tmp_path / "cache"))
+    images = _images(3, 5, size=32)
+    for m in metrics.values():
+        m.update(_batch(images, 0, ["a red circle", "a blue square", "a circle"]))
+    values = {k: v for m in metrics.values() for k, v in m.compute().items()}
+    assert {"fd_inception", "kid_inception", "clip_score"} == set(values)

@@ -48,11 +48,12 @@ def clip_loader(model: str, device: str | None = None):
 class CLIPScore(Metric):
     """Mean 100 * cos(image, prompt) under a Hugging Face CLIP (torchmetrics convention)."""
 
-    def __init__(self, model: str = "openai/clip-vit-large-patch14", device: str | None = None,
-                 **_: Any) -> None:
+    def __init__(self, model_name_or_path: str = "openai/clip-vit-large-patch14",
+                 device: str | None = None, **_: Any) -> None:
         from torchmetrics.multimodal import CLIPScore as TorchmetricsCLIPScore
 
-        self.model_name, self.device = str(model), default_device(device)
+        # not `model`: that context key is the generative model `build` hands every metric
+        self.model_name, self.device = str(model_name_or_path), default_device(device)
         self.metric = TorchmetricsCLIPScore(model_name_or_path=clip_loader(self.model_name,
                                                                            str(self.device)))
         self.scores: list[Tensor] = []

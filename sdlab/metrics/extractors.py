@@ -199,9 +199,10 @@ class CLIPFeatures:
 
     name = "clip"
 
-    def __init__(self, model: str = "openai/clip-vit-large-patch14", normalize: bool = True,
-                 device: str | None = None, batch_size: int = 64) -> None:
-        self.model_name, self.normalize, self.batch_size = str(model), normalize, batch_size
+    def __init__(self, model_name_or_path: str = "openai/clip-vit-large-patch14",
+                 normalize: bool = True, device: str | None = None, batch_size: int = 64) -> None:
+        self.model_name = str(model_name_or_path)
+        self.normalize, self.batch_size = normalize, batch_size
         self.device = default_device(device)
         self.model, self.processor = load_clip(self.model_name, str(self.device))
         self.dim = self.model.config.projection_dim
