@@ -105,6 +105,7 @@ class CFGDenoiser(DenoiserWrapper):
                  uncond: Mapping[str, Any]) -> None:
         super().__init__(inner)
         self.rule, self.cond, self.uncond = rule, dict(cond), dict(uncond)
+        self.both = _cat(self.uncond, self.cond)  # the batched conditioning, built once
         self.uncond_evals = 0
         self.last_cond: Tensor | None = None
         self.last_uncond: Tensor | None = None
@@ -115,8 +116,7 @@ class CFGDenoiser(DenoiserWrapper):
             self.last_cond, self.last_uncond = self.inner(x, sigma, **self.cond), None
             return self.last_cond
         self.uncond_evals += 1
-        both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]),
-                          **_cat(self.uncond, self.cond))
+        both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), **self.both)
         self.last_uncond, self.last_cond = both.chunk(2)
         return self.rule.combine(self.last_cond, self.last_uncond, s)
 

@@ -6,6 +6,7 @@ every noise its sampler asks for, so any batch size gives the same images.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,12 +52,21 @@ class DiffusersSampling:
 
     scheduler: str
     config: dict[str, Any] = field(default_factory=dict)
+    _made: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def make(self, model: Model):
+        """A fresh scheduler (they keep step counters), validated once per model config."""
+        key = json.dumps(model.scheduler_config, sort_keys=True, default=str)
+        if key not in self._made:
+            self._made[key] = make_scheduler(self.scheduler, model.scheduler_config,
+                                             **self.config)
+            return self._made[key]
+        made = self._made[key]
+        return type(made).from_config(made.config)
 
     def run(self, model: Model, denoiser: Denoiser, z: Tensor, gens: Sequence[torch.Generator],
             steps: int, callback: Callable[[dict], None] | None = None) -> Tensor:
-        # a fresh scheduler per batch: diffusers schedulers keep step counters
-        scheduler = make_scheduler(self.scheduler, model.scheduler_config, **self.config)
-        return sample_diffusers(denoiser, z, scheduler, steps, generators=gens,
+        return sample_diffusers(denoiser, z, self.make(model), steps, generators=gens,
                                 callback=callback)
 
 
