@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     while run.step < args.steps:
         idx = torch.randint(len(images), (args.batch_size,), generator=run.generator)
         for g in opt.param_groups:
-            g["lr"] = lr_at(run.step, args.steps, args.lr, warmup=100)
+            g["lr"] = lr_at(run.step, args, warmup=100)
         out = model(
             input_ids=token_ids[caption_index[idx]],
             pixel_values=to_model_range(images[idx]),

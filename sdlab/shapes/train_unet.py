@@ -32,7 +32,7 @@ SCHEDULER_CONFIG = {
 
 
 def unet_model(
-    cross_attention_dim: int, channels: tuple[int, ...] = (64, 128), layers_per_block: int = 1
+    cross_attention_dim: int, channels: tuple[int, ...] = (64, 96), layers_per_block: int = 1
 ) -> UNet2DConditionModel:
     """Plain residual blocks at 8x8, cross-attention at 4x4 and in the middle block."""
     return UNet2DConditionModel(
@@ -86,11 +86,11 @@ def precompute(args, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer)
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(
-        __doc__, ".train/unet", steps=6000, batch_size=64, lr=5e-4, num_images=100_000
+        __doc__, ".train/unet", steps=3000, batch_size=64, lr=1e-3, num_images=40_000
     )
     parser.add_argument("--vae", type=Path, default=Path(".train/vae/final"))
     parser.add_argument("--clip", type=Path, default=Path(".train/clip/final"))
-    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--channels", type=int, nargs="+", default=[64, 96])
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--p-uncond", type=float, default=0.1)
     parser.add_argument("--ema-decay", type=float, default=0.999)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         pred = unet(scheduler.add_noise(latents, noise, t), t, context).sample
         loss = F.mse_loss(pred, noise)
         for group in opt.param_groups:
-            group["lr"] = lr_at(run.step, args.steps, args.lr, warmup=200)
+            group["lr"] = lr_at(run.step, args, warmup=200)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

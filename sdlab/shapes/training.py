@@ -22,6 +22,9 @@ def stage_parser(doc: str, out: str, *, steps: int, batch_size: int, lr: float, 
     parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument(
+        "--schedule-steps", type=int, help="length of the lr schedule (default: --steps)"
+    )
     parser.add_argument("--num-images", type=int, default=num_images, help="size of the train pool")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -34,11 +37,15 @@ def stage_parser(doc: str, out: str, *, steps: int, batch_size: int, lr: float, 
 
 
 def image_pool(num_images: int, seed: int, cache: Path) -> tuple[torch.Tensor, list[str]]:
-    """Train items 0..num_images-1 as uint8 images [N, 3, 32, 32] and captions, cached on disk."""
+    """Train items 0..num_images-1 as uint8 images [N, 3, 32, 32] and captions, cached on disk.
+
+    Items depend only on their index, so a cached pool at least as large is sliced.
+    """
+    for cached in sorted(cache.glob(f"train_pool_*_seed{seed}.pt")):
+        if int(cached.stem.split("_")[2]) >= num_images:
+            pool = torch.load(cached)
+            return pool["images"][:num_images], pool["captions"][:num_images]
     path = cache / f"train_pool_{num_images}_seed{seed}.pt"
-    if path.exists():
-        pool = torch.load(path)
-        return pool["images"], pool["captions"]
     images = torch.empty(num_images, 3, 32, 32, dtype=torch.uint8)
     captions = []
     for i in range(num_images):
@@ -63,8 +70,9 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def lr_at(step: int, total: int, lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of `lr`."""
+def lr_at(step: int, args: argparse.Namespace, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of `--lr` at `--schedule-steps` (or `--steps`)."""
+    lr, total = args.lr, args.schedule_steps or args.steps
     if step < warmup:
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
