@@ -1,56 +1,69 @@
-"""`sdlab-report DIR`: read every result.json under DIR and tabulate the sweep."""
+"""`sdlab-report DIR [--out OUT]`: a sweep's result.json files -> figures, tables, report.md.
+
+OUT (default `DIR/report`) receives:
+- `figures/<name>.pdf` and `.png`: metric vs nfe, metric vs guidance, quality-alignment
+  trade-off with the Pareto front, sampler x steps image grids, error vs nfe with fitted
+  convergence slopes (analytic model), per-step trajectory strips; only those the data
+  supports (an axis needs two values, an image figure its files);
+- `tables/results.{md,tex,csv}`;
+- `report.md`: the command that produced the sweep, the data, the metric fingerprint, an
+  optional reading (`--notes FILE`, Markdown), every figure and the table.
+Same inputs give the same bytes: inputs are read in sorted order and files carry no dates.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
+
+from sdlab.report import images, plots, tables
+from sdlab.report import style as st
+from sdlab.report.data import Sweep, load, load_results
+from sdlab.report.document import render
+
+__all__ = ["build", "load", "load_results", "main"]
 
 
-def load_results(root: str | Path) -> list[dict[str, Any]]:
-    """Every result.json under root, ordered by sampler, schedule, guidance and nfe."""
-    found = []
-    for path in sorted(Path(root).rglob("result.json")):
-        result = json.loads(path.read_text())
-        result["path"] = str(path)
-        found.append(result)
-    if not found:
-        raise FileNotFoundError(f"no result.json under {root}: run a sweep there first")
-    return sorted(found, key=lambda r: (r["sampler"], r["schedule"], str(r.get("guidance")),
-                                        r.get("nfe") or 0, r["steps"]))
+def figures(sweep: Sweep, out: Path) -> list[plots.Entry]:
+    """Every figure the sweep supports, written under `out`."""
+    analytic = any(m.startswith("rmse_") for m in sweep.metric_names())
+    with st.rc():
+        convergence = plots.convergence_figures(sweep, out) if analytic else []
+        # the convergence figure already shows rmse_* against nfe
+        skip = [m for m in sweep.metric_names() if m.startswith("rmse_")] if convergence else []
+        return (convergence + plots.nfe_figures(sweep, out, skip)
+                + plots.guidance_figures(sweep, out) + plots.tradeoff_figures(sweep, out)
+                + images.grid_figures(sweep, out) + images.trajectory_figures(sweep, out))
 
 
-def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One row per point: sampler, schedule, steps, nfe, status and every metric with its CI."""
-    names = sorted({m for r in results for m in r.get("metrics", {})})
-    head = ["sampler", "schedule", "steps", "nfe", "status", *names]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        cells = [r["sampler"], r["schedule"], str(r["steps"]),
-                 f"{r['nfe']:g}" if r.get("nfe") is not None else "-", r["status"]]
-        for name in names:
-            value, ci = r.get("metrics", {}).get(name), r.get("metrics_ci", {}).get(name)
-            if value is None:
-                cells.append("-")
-            elif ci:
-                cells.append(f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]")
-            else:
-                cells.append(f"{value:.4g}")
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+def build(root: str | Path, out: str | Path, notes: str | None = None) -> Path:
+    """Write the report of the sweep under `root` into `out`; returns `out/report.md`."""
+    sweep, out = load(root), Path(out)
+    for sub in ("figures", "tables"):  # a rebuild leaves no stale figure behind
+        for old in sorted((out / sub).glob("*")) if (out / sub).is_dir() else []:
+            old.unlink()
+    entries = figures(sweep, out / "figures")
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    table_md = tables.markdown(sweep)
+    (out / "tables" / "results.md").write_text(table_md)
+    (out / "tables" / "results.tex").write_text(tables.latex(sweep))
+    (out / "tables" / "results.csv").write_text(tables.csv_table(sweep))
+    report = out / "report.md"
+    report.write_text(render(sweep, entries, table_md, notes))
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="sdlab-report", description=__doc__)
-    parser.add_argument("dir", help="a sweep's results directory")
-    parser.add_argument("--out", help="write the table here (Markdown) instead of printing it")
+    parser = argparse.ArgumentParser(prog="sdlab-report", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", help="a sweep's results directory (searched recursively)")
+    parser.add_argument("--out", help="where to write the report (default: DIR/report)")
+    parser.add_argument("--notes", help="a Markdown file with a written reading of the figures")
     args = parser.parse_args(argv)
+    notes = None
+    if args.notes:
+        notes = Path(args.notes).read_text()
     try:
-        table = markdown_table(load_results(args.dir))
+        report = build(args.dir, args.out or Path(args.dir) / "report", notes)
     except FileNotFoundError as err:
         parser.exit(2, f"sdlab-report: error: {err}\n")
-    if args.out:
-        Path(args.out).write_text(table)
-    else:
-        print(table, end="")
+    print(f"sdlab-report: wrote {report}")
