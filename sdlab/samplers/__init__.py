@@ -5,7 +5,8 @@
 `x` enters at noise level `sigmas[0]`; stochastic samplers draw all randomness through
 `noise(sigma, sigma_next)`. Register a new one with `@register(...)`, giving its `order`,
 `type` ("ODE" or "SDE"), `steps` ("single", "multi" or "adaptive"), `nfe_per_step` and
-`paper`; `stochastic_if` names the hyperparameter setting that makes an ODE sampler random.
+`paper`; `stochastic_with` gives hyperparameters that make a sampler that is deterministic
+by default random (EDM churn, DDIM's eta).
 """
 
 from typing import Any
@@ -22,7 +23,7 @@ def describe() -> list[dict[str, Any]]:
     """One row per registered sampler: name, order, type, steps, nfe_per_step, paper, summary."""
     return [{"name": e.name, "order": e.info.get("order"), "type": e.info.get("type"),
              "steps": e.info.get("steps"), "nfe_per_step": e.info.get("nfe_per_step"),
-             "stochastic_if": e.info.get("stochastic_if"), "paper": e.paper,
+             "stochastic_with": e.info.get("stochastic_with"), "paper": e.paper,
              "description": e.description} for e in registry.entries()]
 
 

@@ -14,7 +14,6 @@ from sdlab.samplers.common import (
     noise_or_default,
     report,
     sigma_list,
-    sigma_of,
     steps,
     t_of,
     to_d,
@@ -28,29 +27,41 @@ def dpm_adaptive(denoiser, x, sigmas, *, noise=None, callback=None, rtol: float 
     """DPM-Solver-12: 2nd-order steps in t whose size follows the 1st-order embedded error.
 
     Integrates from sigmas[0] to the last nonzero sigma (the steps in between are ignored),
-    then returns the denoised estimate there. The step size follows the worst sample of the
-    batch, so results depend on the batch's make-up to within the tolerance. Its nfe is
-    whatever the control needed: the denoiser's counter and the callback's `nfe` tell it.
+    then returns the denoised estimate there. Every sample has its own step size (the
+    denoiser sees a per-sample sigma), so a sample's result does not depend on its batch.
+    Its nfe is whatever the control needed: the denoiser's counter and the callback's `nfe`
+    (batched calls made so far) tell it.
     """
     s = sigma_list(sigmas)
-    t, t_end, h, i, nfe = t_of(s[0]), t_of(s[-2]), h_init, 0, 0
-    x_prev, denoised = x, None
-    while t < t_end - 1e-9:
-        h = min(h, t_end - t)
-        sigma, sigma_mid, sigma_next = sigma_of(t), sigma_of(t + h / 2), sigma_of(t + h)
-        if denoised is None:  # D at t is reused when a step is rejected
-            denoised, nfe = denoise(denoiser, x, sigma), nfe + 1
-        x_low = (sigma_next / sigma) * x - math.expm1(-h) * denoised  # DPM-Solver-1
-        x_mid = (sigma_mid / sigma) * x - math.expm1(-h / 2) * denoised
-        x_high = (sigma_next / sigma) * x - math.expm1(-h) * denoise(denoiser, x_mid, sigma_mid)
-        nfe += 1
-        # error relative to max(atol, rtol * |x|), RMS per sample, worst sample of the batch
-        delta = torch.maximum(x_low.abs(), x_prev.abs()).mul(rtol).clamp(min=atol)
-        err = float(((x_high - x_low) / delta).flatten(1).pow(2).mean(1).sqrt().max())
-        if err <= 1:  # accept the 2nd-order solution (local extrapolation)
-            report(callback, i, x, sigma, sigma_next, denoised, nfe=nfe)
-            x_prev, x, t, i, denoised = x, x_high, t + h, i + 1, None
-        h *= min(max(safety * max(err, 1e-10) ** -0.5, 0.2), 5.0)  # error ~ h^2
+    t_end, batch = t_of(s[-2]), x.shape[0]
+    t = torch.full((batch,), t_of(s[0]), dtype=torch.float64)
+    h = torch.full((batch,), float(h_init), dtype=torch.float64)
+    x_prev, denoised = x, torch.zeros_like(x)
+    stale = torch.ones(batch, dtype=torch.bool)  # samples whose D(x, sigma(t)) is not cached
+    shape, i, nfe = (-1,) + (1,) * (x.ndim - 1), 0, 0
+    while bool((active := t < t_end - 1e-9).any()):
+        h = torch.where(active, torch.minimum(h, t_end - t), h)
+        if bool((need := stale & active).any()):  # D at t; kept while a step is rejected
+            denoised[need] = denoiser(x[need], (-t[need]).exp())
+            stale, nfe = stale & ~need, nfe + 1
+        a, ta, ha = active, t[active], h[active]
+        ratio, ratio_mid = (-ha).exp().reshape(shape), (-ha / 2).exp().reshape(shape)
+        x_low = ratio * x[a] - torch.expm1(-ha).reshape(shape) * denoised[a]  # DPM-Solver-1
+        x_mid = ratio_mid * x[a] - torch.expm1(-ha / 2).reshape(shape) * denoised[a]
+        d_mid, nfe = denoiser(x_mid, (-(ta + ha / 2)).exp()), nfe + 1
+        x_high = ratio * x[a] - torch.expm1(-ha).reshape(shape) * d_mid  # DPM-Solver-2
+        # RMS error per sample relative to max(atol, rtol * |x|)
+        delta = torch.maximum(x_low.abs(), x_prev[a].abs()).mul(rtol).clamp(min=atol)
+        err = ((x_high - x_low) / delta).flatten(1).pow(2).mean(1).sqrt()
+        ok = torch.zeros(batch, dtype=torch.bool).masked_scatter(a, err <= 1)
+        report(callback, i, x, float(ta.max().neg().exp()), float((-(ta + ha)).exp().min()),
+               denoised, nfe=nfe, accepted=ok)
+        x_next = x.clone()
+        x_next[a] = x_high
+        x_prev = torch.where(ok.reshape(shape), x, x_prev)  # accept: local extrapolation
+        x = torch.where(ok.reshape(shape), x_next, x)
+        t, stale, i = torch.where(ok, t + h, t), stale | ok, i + 1
+        h[a] = ha * (safety * err.clamp(min=1e-10) ** -0.5).clamp(0.2, 5.0)  # error ~ h^2
     denoised = denoise(denoiser, x, s[-2])  # the last step lands on the denoised estimate
     report(callback, i, x, s[-2], 0.0, denoised, nfe=nfe + 1)
     return denoised
@@ -66,7 +77,7 @@ def _nearest(s: list[float], sigma: float, below: int) -> int:
 def restart(denoiser, x, sigmas, *, noise=None, callback=None,
             restarts: Sequence[Sequence[float]] = ((0.1, 2.0, 2),),
             s_noise: float = 1.0) -> Tensor:
-    """Restart: Heun ODE steps; on reaching each sigma_lo, K times re-noise to sigma_hi and re-solve.
+    """Restart: Heun ODE steps; at each sigma_lo, K times re-noise to sigma_hi and re-solve.
 
     Each restart interval is (sigma_lo, sigma_hi, K), snapped to the nearest schedule
     points; the re-solve reuses the schedule's own steps between them, so the schedule

@@ -43,16 +43,6 @@ def sigma_of(t: float) -> float:
     return math.exp(-t)
 
 
-def phi(k: int, h: float) -> float:
-    """phi_k(-h) of exponential integrators: phi_1 = (1 - e^-h) / h, phi_{k+1} = (phi_k - 1/k!) / -h."""
-    if k == 0:
-        return math.exp(-h)
-    value = -math.expm1(-h) / h
-    for j in range(1, k):
-        value = (value - 1 / math.factorial(j)) / -h
-    return value
-
-
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
     """Split a step to sigma_next into a deterministic part to sigma_down plus noise sigma_up."""
     if sigma_next == 0 or eta == 0:

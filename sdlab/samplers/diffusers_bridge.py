@@ -27,8 +27,48 @@ SD_SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta
                        "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1}
 
 
+# Schedulers the bridge refuses, with the one-line reason: they do not sample a discrete
+# epsilon/VP model from noise (token/VQ models, flow matching, inversion, other APIs).
+UNFIT = {
+    "AmusedScheduler": "masked-token (VQ) generation, not a Gaussian diffusion",
+    "BlockRefinementScheduler": "commits discrete tokens from logits, not a Gaussian diffusion",
+    "CMStochasticIterativeScheduler": "consistency-model sampler for an EDM-preconditioned "
+                                      "consistency network, not an eps model",
+    "CogVideoXDDIMScheduler": "CogVideoX's SNR-shifted schedule (snr_shift_scale) differs "
+                              "from the model's; use DDIMScheduler",
+    "CogVideoXDPMScheduler": "CogVideoX's SNR-shifted schedule and two-timestep step() API; "
+                             "use DPMSolverMultistepScheduler",
+    "DDIMInverseScheduler": "inverts images into noise; it does not sample",
+    "DDPMWuerstchenScheduler": "Wuerstchen's continuous cosine schedule, not training timesteps",
+    "DPMSolverMultistepInverseScheduler": "inverts images into noise; it does not sample",
+    "DiscreteDDIMScheduler": "discrete-token (D3PM) diffusion, not a Gaussian diffusion",
+    "EDMDPMSolverMultistepScheduler": "EDM preconditioning: timesteps are c_noise(sigma) of a "
+                                      "continuous model; use the native samplers",
+    "EDMEulerScheduler": "EDM preconditioning: timesteps are c_noise(sigma) of a continuous "
+                         "model; use the native euler",
+    "EntropyBoundScheduler": "discrete-token diffusion, not a Gaussian diffusion",
+    "FlowMapEulerDiscreteScheduler": "flow-map (rectified-flow) models, not eps/VP",
+    "FlowMatchEulerDiscreteScheduler": "flow-matching models, not eps/VP",
+    "FlowMatchHeunDiscreteScheduler": "flow-matching models, not eps/VP",
+    "FlowMatchLCMScheduler": "flow-matching models, not eps/VP",
+    "HeliosDMDScheduler": "Helios video flow-matching pipeline only",
+    "HeliosScheduler": "Helios video flow-matching pipeline only",
+    "IPNDMScheduler": "its own fixed trigonometric schedule, not the model's betas",
+    "KarrasVeScheduler": "two-call VE API (add_noise_to_input, step_correct) without betas",
+    "LTXEulerAncestralRFScheduler": "rectified-flow models, not eps/VP",
+    "MiniMaxH3Scheduler": "rectified-flow models, not eps/VP",
+    "PiflowScheduler": "policy-based flow models (distilled Kandinsky), not eps/VP",
+    "RFD4ProteinaScheduler": "protein-structure flow model, not an image diffusion",
+    "RePaintScheduler": "inpainting: step() needs the original image and mask",
+    "SCMScheduler": "TrigFlow continuous-time consistency models, not eps/VP",
+    "ScoreSdeVeScheduler": "predictor-corrector VE-SDE API (step_pred, step_correct)",
+    "UnCLIPScheduler": "only the squaredcos_cap_v2 betas of unCLIP/Karlo",
+    "VQDiffusionScheduler": "vector-quantised token diffusion, not a Gaussian diffusion",
+}
+
+
 def scheduler_names() -> list[str]:
-    """Every scheduler class the installed diffusers exports."""
+    """Every scheduler class the installed diffusers exports (fit for the bridge or not)."""
     return sorted(
         name for name in dir(diffusers)
         if name.endswith("Scheduler") and isinstance(getattr(diffusers, name, None), type)
@@ -36,11 +76,22 @@ def scheduler_names() -> list[str]:
     )
 
 
+def fitting_scheduler_names() -> list[str]:
+    """The schedulers the bridge drives: samplers for a discrete epsilon/VP model.
+
+    A class missing from both lists (a newer diffusers) is tried; classes that diffusers
+    exports only as placeholders (e.g. DPMSolverSDEScheduler without torchsde) are absent.
+    """
+    return [name for name in scheduler_names() if name not in UNFIT]
+
+
 def make_scheduler(name: str, base_config: dict[str, Any] | None = None, **overrides: Any):
     """A diffusers scheduler by class name, from a model's scheduler config plus overrides."""
     if name not in scheduler_names():
         raise UnknownNameError(
             f"unknown diffusers scheduler {name!r}; valid: {', '.join(scheduler_names())}")
+    if name in UNFIT:
+        raise ValueError(f"{name} does not fit the bridge: {UNFIT[name]}")
     cls = getattr(diffusers, name)
     config = {**SD_SCHEDULER_CONFIG, **(base_config or {}), **overrides}
     if "prediction_type" in overrides and overrides["prediction_type"] != "epsilon":

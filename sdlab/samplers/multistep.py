@@ -15,7 +15,6 @@ from sdlab.samplers.common import (
     lagrange_integrals,
     report,
     sigma_list,
-    sigma_of,
     steps,
     t_of,
     to_d,
@@ -199,11 +198,11 @@ def unipc(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 2,
         denoised = denoise(denoiser, x, sigma)
         report(callback, i, x, sigma, sigma_next, denoised)
         if last is not None and corrector:  # UniC: redo the last step using D at its end
-            x = _uni_bh(last, hist[:p], t_hist[:p], t_of(sigma), variant, denoised)
+            x = _uni_bh(*last, t_of(sigma), variant, denoised)
         hist, t_hist = [denoised, *hist][:order], [t_of(sigma), *t_hist][:order]
         if sigma_next == 0:  # the last step lands exactly on the denoised estimate
             x = denoised
             continue
-        p, last = len(hist), x  # warm-up: order grows with the history
+        last = (x, hist, t_hist)  # warm-up: the order grows with the history
         x = _uni_bh(x, hist, t_hist, t_of(sigma_next), variant)
     return x

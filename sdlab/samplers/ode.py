@@ -23,7 +23,7 @@ INF = float("inf")
 
 
 @register(paper="Karras et al. 2022, EDM Algorithm 2 (first order)", order=1, type="ODE",
-          steps="single", nfe_per_step=1, stochastic_if="s_churn > 0")
+          steps="single", nfe_per_step=1, stochastic_with={"s_churn": 1.0})
 def euler(denoiser, x, sigmas, *, noise=None, callback=None, s_churn: float = 0.0,
           s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> Tensor:
     """Euler's method on the PF-ODE (Karras et al. 2022, Alg. 2 without the 2nd-order step)."""
@@ -42,7 +42,7 @@ def euler(denoiser, x, sigmas, *, noise=None, callback=None, s_churn: float = 0.
 
 
 @register(paper="Karras et al. 2022, EDM Algorithm 2", order=2, type="ODE", steps="single",
-          nfe_per_step=2, stochastic_if="s_churn > 0")
+          nfe_per_step=2, stochastic_with={"s_churn": 1.0})
 def heun(denoiser, x, sigmas, *, noise=None, callback=None, s_churn: float = 0.0,
          s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> Tensor:
     """Heun's 2nd-order method with EDM churn (Karras et al. 2022, Algorithm 2)."""
@@ -64,7 +64,7 @@ def heun(denoiser, x, sigmas, *, noise=None, callback=None, s_churn: float = 0.0
 
 
 @register(paper="Lu et al. 2022, DPM-Solver (DPM-Solver-2 in sigma, Karras et al. 2022 form)",
-          order=2, type="ODE", steps="single", nfe_per_step=2, stochastic_if="s_churn > 0")
+          order=2, type="ODE", steps="single", nfe_per_step=2, stochastic_with={"s_churn": 1.0})
 def dpm_2(denoiser, x, sigmas, *, noise=None, callback=None, s_churn: float = 0.0,
           s_tmin: float = 0.0, s_tmax: float = INF, s_noise: float = 1.0) -> Tensor:
     """DPM-Solver-2: midpoint method with the midpoint taken in log sigma (Lu et al. 2022)."""
@@ -113,7 +113,7 @@ def heunpp2(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
 
 
 @register(paper="Song et al. 2021, DDIM (eq. 12, generalised process with eta)", order=1,
-          type="ODE", steps="single", nfe_per_step=1, stochastic_if="eta > 0")
+          type="ODE", steps="single", nfe_per_step=1, stochastic_with={"eta": 1.0})
 def ddim(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 0.0) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) in VE form: x0 estimate plus a mix of eps and fresh noise.
 

@@ -22,7 +22,7 @@ from sdlab.samplers.common import (
 
 
 @register(paper="Ho et al. 2020 ancestral sampling, k-diffusion sample_euler_ancestral", order=1,
-          type="SDE", steps="single", nfe_per_step=1, stochastic_if="eta > 0")
+          type="SDE", steps="single", nfe_per_step=1)
 def euler_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                     s_noise: float = 1.0) -> Tensor:
     """Ancestral Euler: an Euler step to sigma_down, then fresh noise of size sigma_up."""
@@ -41,7 +41,7 @@ def euler_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: floa
 
 
 @register(paper="Lu et al. 2022 DPM-Solver-2 with ancestral noise (k-diffusion)", order=1,
-          type="SDE", steps="single", nfe_per_step=2, stochastic_if="eta > 0")
+          type="SDE", steps="single", nfe_per_step=2)
 def dpm_2_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                     s_noise: float = 1.0) -> Tensor:
     """Ancestral DPM-Solver-2: a log-sigma midpoint step to sigma_down, then noise sigma_up."""
@@ -62,7 +62,7 @@ def dpm_2_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: floa
 
 
 @register(paper="Lu et al. 2022, DPM-Solver++ (2S, Algorithm 1) with ancestral noise", order=1,
-          type="SDE", steps="single", nfe_per_step=2, stochastic_if="eta > 0")
+          type="SDE", steps="single", nfe_per_step=2)
 def dpmpp_2s_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                        s_noise: float = 1.0) -> Tensor:
     """DPM-Solver++(2S) to sigma_down (midpoint r = 1/2 in t), then ancestral noise sigma_up."""
@@ -84,7 +84,7 @@ def dpmpp_2s_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: f
 
 
 @register(paper="Lu et al. 2022, DPM-Solver++ SDE (2S, r = 1/2; k-diffusion dpmpp_sde)",
-          order=1, type="SDE", steps="single", nfe_per_step=2, stochastic_if="eta > 0")
+          order=1, type="SDE", steps="single", nfe_per_step=2)
 def dpmpp_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
               s_noise: float = 1.0, r: float = 0.5) -> Tensor:
     """DPM-Solver++ SDE: two ancestral DPM-Solver++ half-steps per step, Brownian-tree noise.
@@ -115,12 +115,13 @@ def dpmpp_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.
 
 
 @register(paper="Lu et al. 2022, DPM-Solver++(2M) SDE variant (k-diffusion dpmpp_2m_sde)",
-          order=1, type="SDE", steps="multi", nfe_per_step=1, stochastic_if="eta > 0")
+          order=1, type="SDE", steps="multi", nfe_per_step=1)
 def dpmpp_2m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                  s_noise: float = 1.0, solver_type: str = "midpoint") -> Tensor:
     """DPM-Solver++(2M) SDE: exact linear part with noise injection, midpoint or heun correction."""
     if solver_type not in ("midpoint", "heun"):
-        raise ValueError(f"dpmpp_2m_sde solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+        raise ValueError(f"dpmpp_2m_sde solver_type must be 'midpoint' or 'heun', "
+                         f"got {solver_type!r}")
     noise = noise_or_default(noise, x)
     old_denoised, h_last = None, None
     for i, sigma, sigma_next in steps(sigmas):
@@ -139,13 +140,14 @@ def dpmpp_2m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float =
                       else -math.expm1(-h - eta_h) / (-h - eta_h) + 1)
             x = x + weight * (denoised - old_denoised) / r
         if eta > 0:  # the injected noise of the SDE over the step
-            x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise
+            x = x + noise(sigma, sigma_next) * sigma_next * math.sqrt(
+                -math.expm1(-2 * eta_h)) * s_noise
         old_denoised, h_last = denoised, h
     return x
 
 
 @register(paper="Lu et al. 2022, DPM-Solver++(3M) SDE variant (k-diffusion dpmpp_3m_sde)",
-          order=1, type="SDE", steps="multi", nfe_per_step=1, stochastic_if="eta > 0")
+          order=1, type="SDE", steps="multi", nfe_per_step=1)
 def dpmpp_3m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                  s_noise: float = 1.0) -> Tensor:
     """DPM-Solver++(3M) SDE: quadratic extrapolation of D under the SDE's faster decay (1 + eta)."""
