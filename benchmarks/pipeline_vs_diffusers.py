@@ -53,7 +53,8 @@ def tiny_case(folder: Path) -> Case:
     return Case("CPU tiny SD1.x, fp32, 32 px, 1 thread", model, batch=4, steps=20)
 
 
-def sd15_case() -> Case:
+def sd15_case(device: str = "cuda", dtype: torch.dtype = torch.float16, size: int = 512,
+              steps: int = 20) -> Case:
     """An SD 1.5-sized model (860M U-Net, ViT-L text encoder, 4-level VAE), random weights."""
     with tempfile.TemporaryDirectory() as tmp:
         tok = tiny.tokenizer(Path(tmp))
@@ -67,11 +68,12 @@ def sd15_case() -> Case:
         vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    parts = Components("sd", unet.half(), vae.half(), [tok], [text.half()],
-                       dict(SD_SCHEDULER), "epsilon")
-    model = LatentDiffusionModel(parts, name="sd15-random", height=512, width=512,
-                                 dtype=torch.float16, device="cuda")
-    return Case("CUDA SD1.5-sized (random weights), fp16, 512 px", model, batch=4, steps=20)
+    parts = Components("sd", unet, vae, [tok], [text], dict(SD_SCHEDULER), "epsilon")
+    model = LatentDiffusionModel(parts, name="sd15-random", height=size, width=size,
+                                 dtype=dtype, device=device)
+    label = str(dtype).removeprefix("torch.")
+    return Case(f"{device} SD1.5-sized (random weights), {label}, {size} px", model, batch=4,
+                steps=steps)
 
 
 def diffusers_pipeline(model: LatentDiffusionModel, scheduler):

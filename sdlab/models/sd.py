@@ -113,8 +113,9 @@ class LatentDiffusionModel:
         p = self.parts
         for module in (p.unet, p.vae, *p.text_encoders):
             module.to(self.device, self.dtype).eval().requires_grad_(False)
-        if self.dtype == torch.float16 and p.vae.config.get("force_upcast", False):
-            p.vae.to(torch.float32)  # SD/XL VAEs overflow in fp16; diffusers upcasts too
+        if (p.family == "sdxl" and self.dtype == torch.float16
+                and p.vae.config.get("force_upcast", False)):
+            p.vae.to(torch.float32)  # the XL VAE overflows in fp16; diffusers' XL upcasts too
         p.unet.set_attn_processor(AttnProcessor2_0())
         if channels_last:
             p.unet.to(memory_format=torch.channels_last)
