@@ -104,3 +104,83 @@ def test_nfe_reported_equals_model_evaluations(name, hparams):
     assert den.nfe == counting.calls >= 6  # every step evaluates the model at least once
     reported = [r["nfe"] for r in reports if "nfe" in r]
     assert reported[-1:] in ([], [counting.calls])
+
+
+class TwoMixtures(Denoiser):
+    """A conditional model: mixture B where cond c = 1, mixture A where c = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = GMM, GaussianMixture.random(GMM.shape, components=2, seed=5)
+        self.sigma_min, self.sigma_max = 0.03, 14.6
+
+    def denoise(self, x, sigma, c):
+        pick = c.reshape(-1, 1, 1, 1).bool()
+        return torch.where(pick, self.b.denoise(x, sigma), self.a.denoise(x, sigma))
+
+
+def guided(scale: float, batch: int) -> CFGDenoiser:
+    return CFGDenoiser(TwoMixtures(), GuidanceRule(scale), cond={"c": torch.ones(batch)},
+                       uncond={"c": torch.zeros(batch)})
+
+
+def branches(x, sigma, scale):
+    """(guided, unconditional) predictions computed directly from the two mixtures."""
+    s = torch.full((len(x),), sigma, dtype=torch.float64)
+    uncond, cond = GMM.denoise(x, s), TwoMixtures().b.denoise(x, s)
+    return uncond + scale * (cond - uncond), uncond
+
+
+@pytest.mark.parametrize(("cfg_pp", "plain"), [("euler_cfg_pp", "ddim"),
+                                                ("dpmpp_2m_cfg_pp", "dpmpp_2m")])
+def test_cfg_pp_without_guidance_is_its_plain_sampler(cfg_pp, plain):
+    torch.testing.assert_close(run(cfg_pp, {}, SEEDS), run(plain, {}, SEEDS), rtol=1e-13,
+                               atol=1e-13)
+    # a guided denoiser whose rule skips the unconditional branch (scale 1) behaves the same
+    torch.testing.assert_close(run(cfg_pp, {}, SEEDS, denoiser=guided(1.0, 3)),
+                               run(plain, {}, SEEDS, denoiser=guided(1.0, 3)), rtol=1e-13,
+                               atol=1e-13)
+
+
+def test_cfg_pp_steps_follow_chung_et_al():
+    scale, x = 0.6, start(SEEDS, 5.0)
+    one_step = torch.tensor([5.0, 2.0, 0.0], dtype=torch.float64)
+    first = samplers.get("euler_cfg_pp")(guided(scale, 3), x, one_step)
+    d_g, d_u = branches(x, 5.0, scale)
+    x1 = d_g + 2.0 * (x - d_u) / 5.0  # guided x0, unconditional noise direction
+    torch.testing.assert_close(first, branches(x1, 2.0, scale)[0], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(first, samplers.get("ddim")(guided(scale, 3), x, one_step))
+    two_steps = torch.tensor([5.0, 2.0, 0.7, 0.0], dtype=torch.float64)
+    out = samplers.get("dpmpp_2m_cfg_pp")(guided(scale, 3), x, two_steps)
+    d_g1, d_u1 = branches(x1, 2.0, scale)
+    h, h_last = math.log(2.0 / 0.7), math.log(5.0 / 2.0)
+    x2 = d_g1 + 0.7 / 2.0 * (x1 - d_u1) - math.expm1(-h) * h / (2 * h_last) * (d_g1 - d_u)
+    torch.testing.assert_close(out, branches(x2, 0.7, scale)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_brownian_tree_increments_add_up_per_sample():
+    like = torch.zeros(2, 4096, dtype=torch.float64)
+    tree = BrownianTreeNoise([1, 2], like, 0.03, 14.6)
+    a, b, c = 9.0, 4.0, 0.5
+    whole = tree(a, c) * math.sqrt(a - c)
+    parts = tree(a, b) * math.sqrt(a - b) + tree(b, c) * math.sqrt(b - c)
+    torch.testing.assert_close(whole, parts, rtol=0, atol=1e-12)
+    alone = BrownianTreeNoise([2], like[:1], 0.03, 14.6)(a, b)
+    torch.testing.assert_close(tree(a, b)[1:], alone, rtol=0, atol=0)
+    n1, n2 = tree(a, b), tree(b, c)
+    assert abs(float(n1.mean())) < 0.05 and abs(float(n1.std()) - 1) < 0.05
+    assert abs(float((n1 * n2).mean())) < 0.05  # disjoint intervals are independent
+
+
+def test_dpmpp_sde_brownian_default_is_stable_across_step_counts():
+    den = GMMDenoiser(GMM)
+    x = start(SEEDS, den.sigma_max)
+
+    def sample(n, noise=None):
+        sigmas = schedules.karras(n, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
+        return samplers.get("dpmpp_sde")(den, x.clone(), sigmas, noise=noise)
+
+    brownian = (sample(24) - sample(48)).pow(2).mean().sqrt()
+    independent = (sample(24, SeededNoise(generators(SEEDS), x))
+                   - sample(48, SeededNoise(generators(SEEDS), x))).pow(2).mean().sqrt()
+    assert brownian < 0.5 * independent

@@ -68,39 +68,44 @@ def churn(x: Tensor, sigma: float, gamma: float, s_noise: float, noise: Noise
     return x, sigma_hat
 
 
-def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
-                       weight: Callable[[list[float], float, float], float] | None = None
-                       ) -> list[float]:
-    """Integral over [a, b] of each Lagrange basis polynomial through `nodes` (exact).
+def lagrange_weights(nodes: Sequence[float], a: float, b: float, rate: float = 0.0
+                     ) -> list[float]:
+    """w_j = int_a^b L_j(x) e^(rate (x - a)) dx for the Lagrange basis L_j through `nodes`.
 
-    With `weight=None` the plain integral; otherwise `weight(poly, a, b)` integrates a
-    polynomial given by its monomial coefficients (lowest first) against a weight.
+    Exact; computed in s = (x - a) / (b - a), where the nodes of a multistep method sit at
+    O(1) distances, so clustered or tiny steps lose no precision.
     """
-    integrate = weight or _poly_integral
-    out = []
-    for j, xj in enumerate(nodes):
-        poly = [1.0]
-        for m, xm in enumerate(nodes):
-            if m != j:  # multiply by (x - xm) / (xj - xm)
-                poly = [(c_lo - xm * c) / (xj - xm) for c, c_lo in
-                        zip([*poly, 0.0], [0.0, *poly], strict=True)]
-        out.append(integrate(poly, a, b))
-    return out
+    moments = [_exp_moment(k, rate * (b - a)) for k in range(len(nodes))]
+    s_nodes = [(x - a) / (b - a) for x in nodes]
+    weights = []
+    for j, sj in enumerate(s_nodes):
+        poly = [1.0]  # monomial coefficients in s, lowest first
+        for m, sm in enumerate(s_nodes):
+            if m != j:  # multiply by (s - sm) / (sj - sm)
+                poly = [(lo - sm * c) / (sj - sm)
+                        for c, lo in zip([*poly, 0.0], [0.0, *poly], strict=True)]
+        weights.append((b - a) * sum(c * mk for c, mk in zip(poly, moments, strict=True)))
+    return weights
 
 
-def _poly_integral(poly: list[float], a: float, b: float) -> float:
-    return sum(c * (b ** (k + 1) - a ** (k + 1)) / (k + 1) for k, c in enumerate(poly))
+def _exp_moment(k: int, H: float) -> float:
+    """int_0^1 s^k e^(H s) ds: power series for small |H|, upward recurrence otherwise."""
+    if abs(H) < 1:
+        return sum(H**j / (math.factorial(j) * (k + j + 1)) for j in range(30))
+    m = math.expm1(H) / H
+    for i in range(1, k + 1):
+        m = (math.exp(H) - i * m) / H
+    return m
 
 
-def exp_poly_integral(poly: list[float], a: float, b: float) -> float:
-    """Integral over [a, b] of p(u) e^u for a polynomial p (monomial coefficients)."""
-    def antiderivative(u: float) -> float:  # e^u sum_m (-1)^m p^(m)(u)
-        total, deriv = 0.0, list(poly)
-        for m in range(len(poly)):
-            total += (-1) ** m * sum(c * u**k for k, c in enumerate(deriv))
-            deriv = [k * c for k, c in enumerate(deriv)][1:]
-        return math.exp(u) * total
-    return antiderivative(b) - antiderivative(a)
+def exp_adams_coefficients(t_nodes: Sequence[float], h: float) -> list[float]:
+    """Weights c_j with int_0^h e^-(h - tau) D(t + tau) dtau ~= sum_j c_j D_j, exactly for D
+    a polynomial through the nodes t_j - t (newest first, t_nodes[0] = t = -log sigma).
+
+    The exponential Adams-Bashforth quadrature behind DPM-Solver++ multistep and RES.
+    """
+    taus = [tj - t_nodes[0] for tj in t_nodes]
+    return [math.exp(-h) * w for w in lagrange_weights(taus, 0.0, h, rate=1.0)]
 
 
 def noise_or_default(noise: Noise | None, x: Tensor) -> Noise:
@@ -113,12 +118,3 @@ def report(callback: Callable[[dict], None] | None, i: int, x: Tensor, sigma: fl
         callback({"i": i, "x": x, "sigma": sigma, "sigma_next": sigma_next,
                   "denoised": denoised, **extra})
 
-
-def exp_adams_coefficients(t_nodes: Sequence[float], h: float) -> list[float]:
-    """Weights c_j with int_0^h e^-(h - tau) D(t + tau) dtau ~= sum_j c_j D_j, exactly for D
-    a polynomial through the nodes t_j - t (newest first, t_nodes[0] = t = -log sigma).
-
-    The exponential Adams-Bashforth quadrature behind DPM-Solver++ multistep and RES.
-    """
-    taus = [tj - t_nodes[0] for tj in t_nodes]
-    return [math.exp(-h) * c for c in lagrange_integrals(taus, 0.0, h, exp_poly_integral)]

@@ -11,8 +11,7 @@ from sdlab.samplers import register
 from sdlab.samplers.common import (
     denoise,
     exp_adams_coefficients,
-    exp_poly_integral,
-    lagrange_integrals,
+    lagrange_weights,
     report,
     sigma_list,
     steps,
@@ -44,7 +43,7 @@ def lms(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -> Te
             continue
         ds = [to_d(x, sigma, denoised), *ds][:order]
         # integrate the Lagrange polynomial through the last derivatives over [sigma, sigma_next]
-        coeffs = lagrange_integrals(s[i::-1][:len(ds)], sigma, sigma_next)
+        coeffs = lagrange_weights(s[i::-1][:len(ds)], sigma, sigma_next)
         x = x + sum(c * d for c, d in zip(coeffs, ds, strict=True))
     return x
 
@@ -97,9 +96,8 @@ def deis(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 3) -> T
         eps = [to_d(x, sigma, denoised), *eps][:order]
         # dx/dsigma = eps: int over u = log sigma of L_j(u) e^u du for each past eps
         nodes = [math.log(sj) for sj in s[i::-1][:len(eps)]]
-        coeffs = lagrange_integrals(nodes, math.log(sigma), math.log(sigma_next),
-                                    exp_poly_integral)
-        x = x + sum(c * e for c, e in zip(coeffs, eps, strict=True))
+        coeffs = lagrange_weights(nodes, math.log(sigma), math.log(sigma_next), rate=1.0)
+        x = x + sigma * sum(c * e for c, e in zip(coeffs, eps, strict=True))
     return x
 
 
