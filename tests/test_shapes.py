@@ -120,56 +120,22 @@ def test_checker_rejects_wrong_position_and_count():
 def test_every_stage_trains_resumes_exports_and_loads(tmp_path, restore_threads):
     from diffusers import StableDiffusionPipeline
 
-    common = ["--cache", str(tmp_path / "cache"), "--num-images", "32", "--batch-size", "8"]
-    common += ["--log-every", "1", "--ckpt-every", "2"]
-    train_tokenizer.main(["--out", str(tmp_path / "tokenizer")])
+    t = tmp_path
+    common = f"--cache {t}/cache --num-images 32 --batch-size 8 --log-every 1 --ckpt-every 2"
+    train_tokenizer.main(f"--out {t}/tokenizer".split())
     train_clip.main(
-        [
-            "--out",
-            str(tmp_path / "clip"),
-            "--tokenizer",
-            str(tmp_path / "tokenizer"),
-            "--steps",
-            "2",
-            "--hidden",
-            "32",
-            "--layers",
-            "1",
-            "--eval-images",
-            "32",
-            *common,
-        ]
+        f"--out {t}/clip --tokenizer {t}/tokenizer --steps 2 --hidden 32 --layers 1 "
+        f"--eval-images 32 {common}".split()
     )
+    train_vae.main(f"--out {t}/vae --steps 2 --channels 16 16 16 --eval-images 8 {common}".split())
     train_vae.main(
-        [
-            "--out",
-            str(tmp_path / "vae"),
-            "--steps",
-            "2",
-            "--channels",
-            "16",
-            "16",
-            "16",
-            "--eval-images",
-            "8",
-            *common,
-        ]
+        f"--out {t}/vae_decoder --finetune-decoder {t}/vae/final --steps 2 --eval-images 8 "
+        f"{common}".split()
     )
-    unet_args = [
-        "--out",
-        str(tmp_path / "unet"),
-        "--vae",
-        str(tmp_path / "vae" / "final"),
-        "--clip",
-        str(tmp_path / "clip" / "final"),
-        "--channels",
-        "32",
-        "32",
-        *common,
-    ]
-    train_unet.main([*unet_args, "--steps", "2"])
-    train_unet.main([*unet_args, "--steps", "3", "--resume"])
-    assert (tmp_path / "unet" / "log.jsonl").read_text().count('"resumed_from": 2') == 1
+    unet = f"--out {t}/unet --vae {t}/vae/final --clip {t}/clip/final --channels 32 32 {common}"
+    train_unet.main(f"{unet} --steps 2".split())
+    train_unet.main(f"{unet} --steps 3 --resume".split())
+    assert (t / "unet" / "log.jsonl").read_text().count('"resumed_from": 2') == 1
 
     export.export(tmp_path, tmp_path / "model")
     assert "## Measured" in (tmp_path / "model" / "MODEL_CARD.md").read_text()

@@ -26,14 +26,14 @@ from transformers import CLIPModel, CLIPTokenizer
 from sdlab.shapes.train_unet import SCHEDULER_CONFIG, text_encoder_from_clip
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_shapes"
-STAGES = ("tokenizer", "clip", "vae", "unet")
+STAGES = ("clip", "vae", "vae_decoder", "unet")  # the tokenizer stage has no training record
 
 
 def export(train_dir: Path, out: Path) -> StableDiffusionPipeline:
-    """Save the pipeline of the stages in `train_dir` (tokenizer/, clip/, vae/, unet/) to `out`."""
+    """Save the pipeline of the stages in `train_dir` (tokenizer/, clip/, vae_decoder/, unet/)."""
     clip_dir = train_dir / "clip" / "final"
     pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_pretrained(train_dir / "vae" / "final"),
+        vae=AutoencoderKL.from_pretrained(train_dir / "vae_decoder" / "final"),
         text_encoder=text_encoder_from_clip(clip_dir),
         tokenizer=CLIPTokenizer.from_pretrained(train_dir / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(train_dir / "unet" / "final"),
@@ -51,9 +51,10 @@ def export(train_dir: Path, out: Path) -> StableDiffusionPipeline:
     for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
         shutil.copy(clip_dir / name, out / "clip" / name)
     training = {
-        stage: json.loads((train_dir / stage / "train_info.json").read_text())
-        for stage in STAGES[1:]
+        stage: json.loads((train_dir / stage / "train_info.json").read_text()) for stage in STAGES
     }
+    notes = train_dir / "NOTES.md"  # how the run deviated from the plain commands, if it did
+    training["notes"] = notes.read_text().strip() if notes.exists() else ""
     (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     write_model_card(out)
     return pipe
@@ -109,6 +110,7 @@ def write_model_card(out: Path) -> None:
         "| tokenizer | BPE merges from the grammar's 22 words | - | - | seconds | - |",
         _stage_row("clip", training["clip"], "contrastive (symmetric InfoNCE)"),
         _stage_row("vae", training["vae"], "squared error + 1e-6 KL"),
+        _stage_row("vae_decoder", training["vae_decoder"], "decoder only, encoder frozen"),
         _stage_row("unet", training["unet"], "epsilon MSE, 10% empty captions, EMA"),
         "",
         "Wall times were measured on a shared 2-core machine while other jobs ran, with the",
@@ -118,14 +120,17 @@ def write_model_card(out: Path) -> None:
         "python -m sdlab.shapes.train_tokenizer",
         "python -m sdlab.shapes.train_clip " + _flags(training["clip"]),
         "python -m sdlab.shapes.train_vae " + _flags(training["vae"]),
+        "python -m sdlab.shapes.train_vae --finetune-decoder .train/vae/final --out "
+        + ".train/vae_decoder "
+        + _flags(training["vae_decoder"]),
         "python -m sdlab.shapes.train_unet " + _flags(training["unet"]),
         "python -m sdlab.shapes.export",
         "python -m sdlab.shapes.evaluate",
         "```",
         "",
-        "## Measured",
-        "",
     ]
+    lines += [training["notes"], ""] if training["notes"] else []
+    lines += ["## Measured", ""]
     if metrics is None:
         lines.append("Not measured yet: run `python -m sdlab.shapes.evaluate`.")
     else:

@@ -5,9 +5,16 @@
 Loss as in latent diffusion's KL autoencoder, without the perceptual and adversarial terms:
 squared error summed over pixels plus 1e-6 x KL, divided by the pixel count. At the end
 `scaling_factor` = 1 / std of sampled latents is written into the VAE config, like SD's 0.18215.
+
+    python -m sdlab.shapes.train_vae --finetune-decoder .train/vae/final --out .train/vae_decoder
+
+continues the decoder alone with the encoder frozen, as SD's ft-MSE decoders were made: the
+latents, and so the scaling factor and a UNet trained on them, stay valid.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +67,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64])
     parser.add_argument("--eval-images", type=int, default=512)
+    parser.add_argument("--finetune-decoder", type=Path, help="trained VAE whose decoder to train")
     args = parser.parse_args(argv)
     run = Run(args)
     images, _ = image_pool(args.num_images, args.seed, args.cache)
     eval_images = get_batch(range(args.eval_images), "heldout", args.seed)[0]
 
-    vae = vae_model(tuple(args.channels))
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.finetune_decoder:
+        vae = AutoencoderKL.from_pretrained(args.finetune_decoder)
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    else:
+        vae = vae_model(tuple(args.channels))
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     state = {"model": vae, "opt": opt}
     run.resume(state)
     vae.train()
@@ -89,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             run.checkpoint(state)
             run.log(heldout_psnr=round(reconstruction_psnr(vae, eval_images), 2))
     vae.eval()
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images[:4096]))
+    if not args.finetune_decoder:
+        vae.register_to_config(scaling_factor=latent_scaling_factor(vae, images[:4096]))
     vae.save_pretrained(args.out / "final")
     run.finish(
         heldout_psnr=reconstruction_psnr(vae, eval_images), scaling_factor=vae.config.scaling_factor
