@@ -255,3 +255,12 @@ def test_guidance_one_skips_the_unconditional_branch(tiny_model):
     model = tiny_model("sdxl")
     _, batches = images(model, NativeSampling(ode.euler, schedules.karras), steps=3, scale=1.0)
     assert batches[0].nfe == 3 and batches[0].uncond_evals == 0
+
+
+def test_prompt_cache_keeps_the_most_recent_prompts(tiny_model):
+    model = tiny_model("sd1", prompt_cache_size=2)
+    first, _ = model.embed(["a", "b"])
+    model.embed(["c"])
+    assert list(model._cache) == ["b", "c"]
+    again, _ = model.embed(["a", "b"])
+    assert torch.equal(first, again) and list(model._cache) == ["a", "b"]

@@ -11,6 +11,7 @@ The text encoding and decoding reproduce diffusers' `StableDiffusionPipeline` an
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -65,10 +66,11 @@ class UNetNetwork:
 class LatentDiffusionModel:
     """A Stable Diffusion 1.x / 2.x / XL model behind sdlab's `Model` protocol.
 
-    `height`/`width` are the image size in pixels (multiples of the VAE factor); text
-    embeddings are cached per prompt, so a sweep over samplers, steps and guidance encodes
-    each prompt once. For XL, an empty negative prompt gives zero embeddings when the model
-    asks for it (`force_zeros_for_empty_prompt`), as diffusers does for `negative_prompt=None`.
+    `height`/`width` are the image size in pixels (multiples of the VAE factor). Text
+    embeddings are cached per prompt (the last `prompt_cache_size` prompts, in host memory),
+    so a sweep over samplers, steps and guidance encodes each prompt once. For XL, an empty
+    negative prompt gives zero embeddings when the model asks for it
+    (`force_zeros_for_empty_prompt`), as diffusers does for `negative_prompt=None`.
     """
 
     conditional = True
@@ -80,7 +82,8 @@ class LatentDiffusionModel:
                  channels_last: bool = False, compile: bool = False,
                  original_size: tuple[int, int] | None = None,
                  crops_coords_top_left: tuple[int, int] = (0, 0),
-                 target_size: tuple[int, int] | None = None) -> None:
+                 target_size: tuple[int, int] | None = None,
+                 prompt_cache_size: int = 4096) -> None:
         self.parts, self.name, self.dtype = parts, name, dtype
         self.device = torch.device(device)
         self.vae_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
@@ -102,7 +105,9 @@ class LatentDiffusionModel:
                              + tuple(crops_coords_top_left)
                              + (target_size or (self.height, self.width)))
         self.scheduler_config = {**parts.scheduler_config}
-        self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
+        # host memory, least recently used out first: XL embeddings are ~0.3 MB a prompt
+        self._cache: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
+        self.prompt_cache_size = prompt_cache_size
         self._prepare(vae_tiling, channels_last, compile)
         alphas_cumprod = DDPMScheduler.from_config(parts.scheduler_config).alphas_cumprod
         forward = torch.compile(parts.unet) if compile else parts.unet
@@ -152,10 +157,14 @@ class LatentDiffusionModel:
             with torch.inference_mode():
                 hidden, pooled = self._encode(new)
             for i, p in enumerate(new):
-                self._cache[p] = (hidden[i], None if pooled is None else pooled[i])
+                self._cache[p] = (hidden[i].cpu(), None if pooled is None else pooled[i].cpu())
+        for p in prompts:
+            self._cache.move_to_end(p)
+        while len(self._cache) > self.prompt_cache_size:
+            self._cache.popitem(last=False)
         rows = [self._cache[p] for p in prompts]
-        hidden = torch.stack([h for h, _ in rows])
-        pooled = None if rows[0][1] is None else torch.stack([q for _, q in rows])
+        hidden = torch.stack([h for h, _ in rows]).to(self.device)
+        pooled = None if rows[0][1] is None else torch.stack([q for _, q in rows]).to(self.device)
         return hidden, pooled
 
     def _negative(self, negative: list[str], like: tuple[Tensor, Tensor | None]
@@ -209,7 +218,7 @@ def build(path: str, *, name: str = "sd", family: str = "auto", height: int | No
 
     `path` is a diffusers folder, a hub id or a single `.safetensors` checkpoint; `options`
     go to `LatentDiffusionModel` (clip_skip, vae_batch_size, vae_tiling, channels_last,
-    compile, original_size, crops_coords_top_left, target_size).
+    compile, original_size, crops_coords_top_left, target_size, prompt_cache_size).
     """
     torch_dtype = resolve_dtype(dtype)
     parts = load(str(path), family=family, dtype=torch_dtype,
