@@ -7,11 +7,13 @@ deterministic id (the point key) and `resume="allow"`, finished at the end of ev
 from __future__ import annotations
 
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGES = ("sdlab", "torch", "diffusers", "transformers", "torchmetrics", "torch-fidelity")
@@ -78,3 +80,38 @@ def summary_line(result: dict[str, Any]) -> str:
         return f"{head}: {result['error']}"
     values = " ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
     return f"{head} nfe={result['nfe']:g} {values} ({result['timings']['generate_s']:.1f}s)"
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, one summary line and a W&B table of every point."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import json
+
+        root = Path(config.hydra.sweep.dir)
+        found = [(p, json.loads(p.read_text())) for p in sorted(root.rglob("result.json"))]
+        new = [r for p, r in found if p.stat().st_mtime >= getattr(self, "started", 0)]
+        failed = [r for _, r in found if r["status"] != "ok"]
+        print(f"[sdlab] sweep {config.name}: {len(found)} points under {root} "
+              f"({len(new)} computed now, {len(found) - len(new)} already there, "
+              f"{len(failed)} failed)")
+        if config.logger.mode == "disabled" or not found:
+            return
+        import wandb
+
+        columns = ["sampler", "schedule", "steps", "nfe", "status", "metrics", "key"]
+        table = wandb.Table(columns=columns, data=[
+            [r["sampler"], r["schedule"], r["steps"], r.get("nfe"), r["status"],
+             json.dumps(r.get("metrics", {}), sort_keys=True), r["key"]] for _, r in found])
+        run = wandb.init(project=config.logger.project, entity=config.logger.entity,
+                         mode=config.logger.mode, group=config.name, job_type="summary",
+                         name=f"{config.name}-summary", dir=str(root),
+                         reinit="finish_previous",
+                         settings=wandb.Settings(silent=True, console="off",
+                                                 x_disable_stats=True,
+                                                 x_disable_machine_info=True))
+        run.log({"sweep_results": table})
+        run.finish()
