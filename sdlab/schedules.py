@@ -243,7 +243,7 @@ def beta_sigma(n: int, *, sigma_min: float, sigma_max: float, alpha: float = 0.6
 
 
 @register(paper="Polyak et al. 2024, Movie Gen (linear-quadratic t schedule, ComfyUI form)",
-          kind="sigma")
+          kind="flow")
 def linear_quadratic(n: int, *, sigma_max: float, threshold_noise: float = 0.025,
                      linear_steps: int | None = None) -> Tensor:
     """Flow time t falls linearly to threshold_noise for half the steps, then quadratically.
