@@ -8,12 +8,9 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-OmegaConf.register_new_resolver("sdlab_jobdir", lambda overrides: overrides or "default",
-                                replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
