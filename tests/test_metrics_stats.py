@@ -146,3 +146,34 @@ def test_fd_bootstrap_interval_covers_known_fd_at_nominal_rate():
 def _scipy_fd_moments(mu1, c1, mu2, c2):
     return float(((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2)
                  - 2 * np.trace(scipy.linalg.sqrtm(c1 @ c2).real))
+
+
+class _Features(torch.nn.Module):
+    """A torchmetrics 'feature extractor' that passes precomputed features through."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x):
+        return x
+
+
+def test_fd_and_kid_agree_with_torchmetrics_on_the_same_features():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    x, y = _features(300, 24, 12), _features(300, 24, 13, shift=0.2)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    fid = FrechetInceptionDistance(feature=_Features(24))
+    fid.update(tx, real=True)
+    fid.update(ty, real=False)
+    sx, sy = _stats(x), _stats(y)
+    assert frechet_distance(sy.mean, sy.cov, sx.mean, sx.cov) == pytest.approx(
+        float(fid.compute()), rel=1e-6)
+    # one subset of all items: torchmetrics' KID is then the full unbiased estimator
+    kid = KernelInceptionDistance(feature=_Features(24), subsets=1, subset_size=300)
+    kid.update(tx, real=True)
+    kid.update(ty, real=False)
+    ours = mmd2_replicates(tx, ty, torch.ones(1, 300), kid_kernel)
+    assert float(ours[0]) == pytest.approx(float(kid.compute()[0]), rel=1e-6)
