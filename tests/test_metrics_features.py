@@ -196,3 +196,13 @@ def test_shapes_accuracy_on_dataset_images():
     assert right.compute()["shapes_accuracy"] > 0.9
     assert wrong.compute()["shapes_accuracy"] < 0.5
     assert "shapes_color" in right.compute() and "shapes_accuracy" in right.intervals(n_boot=50)
+
+
+@pytest.mark.parametrize("group", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_every_metrics_config_composes_with_the_main_config(group):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONFIGS.parent), version_base="1.3"):
+        cfg = compose("config", overrides=[f"metrics={group}"])
+    assert cfg.metrics and all("_target_" in entry for entry in cfg.metrics.values())
+    OmegaConf.to_container(cfg.metrics, resolve=True)  # interpolations resolve

@@ -262,3 +262,33 @@ def test_sd_coco_config_end_to_end(random_inception, clip_dir, tmp_path, monkeyp
         m.update(_batch(images, 0, ["a red circle", "a blue square", "a circle"]))
     values = {k: v for m in metrics.values() for k, v in m.compute().items()}
     assert {"fd_inception", "kid_inception", "clip_score"} == set(values)
+
+
+HUBCONF = '''
+import torch
+
+def dinov2_vits14():
+    """A stand-in with DINOv2's interface: images [B, 3, 224, 224] -> [B, 384]."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 384, 14, 14), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten())
+    url = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth"
+    net.load_state_dict(torch.hub.load_state_dict_from_url(url))  # the hub cache, as DINOv2's
+    return net
+'''
+
+
+def test_dinov2_from_the_torch_hub_cache(torch_home):
+    """torch-fidelity's DINOv2 path on a hub cache the test fills (code and weights)."""
+    repo = torch_home / "facebookresearch_dinov2_main"
+    repo.mkdir(parents=True)
+    (repo / "hubconf.py").write_text(HUBCONF)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 384, 14, 14), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten())
+    ckpt = torch_home / "checkpoints" / "dinov2_vits14_pretrain.pth"
+    ckpt.parent.mkdir()
+    torch.save(net.state_dict(), ckpt)
+    ext = DINOv2Features("dinov2-vit-s-14", device="cpu")
+    feats = ext(_images(2, 4))
+    assert feats.shape == (2, 384) and torch.isfinite(feats).all()
+    assert ext.settings()["weights_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()

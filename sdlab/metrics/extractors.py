@@ -39,7 +39,10 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def default_device(device: str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """`device`, or CUDA when available for None and "auto"."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def to_uint8(images: Tensor) -> Tensor:
