@@ -147,3 +147,21 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert a["key"] == b["key"]
     for name, value in a["metrics"].items():  # thread counts differ: float64 round-off only
         assert b["metrics"][name] == pytest.approx(value, rel=1e-7)
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm",
+                                           "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_the_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    finish(sdlab("-m", f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local", *SWEEP,
+                 cwd=tmp_path))
+    assert len(by_key(sweep)) == 4
