@@ -31,7 +31,8 @@ from torch import Tensor
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
-INCEPTION_SHA256_PREFIX = "6726825d"  # torch hub's convention: the file name carries it
+# sha256 of torch-fidelity's release file (its name carries the prefix, torch hub's habit)
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -88,7 +89,8 @@ def inception_weights(weights_path: str | None = None, download: bool = True) ->
         raise MissingWeightsError(hint)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=False)
+        torch.hub.download_url_to_file(INCEPTION_URL, str(path), hash_prefix=INCEPTION_SHA256,
+                                       progress=False)
     except OSError as err:  # URLError is an OSError: offline, proxy, DNS...
         raise MissingWeightsError(f"{hint} (download failed: {err})") from err
     return path
@@ -113,7 +115,7 @@ class InceptionFeatures:
 
         self.path = inception_weights(weights_path, download)
         self.sha256 = file_sha256(self.path)
-        if not self.sha256.startswith(INCEPTION_SHA256_PREFIX):
+        if self.sha256 != INCEPTION_SHA256:
             warnings.warn(f"{self.path} is not the standard FID Inception file (sha256 "
                           f"{self.sha256[:16]}...): values are not comparable to published FIDs",
                           stacklevel=2)
@@ -132,7 +134,7 @@ class InceptionFeatures:
     def settings(self) -> dict[str, Any]:
         return {"extractor": "torchmetrics NoTrainInceptionV3 (torch-fidelity InceptionV3)",
                 "feature": "pool3 (2048)", "weights": self.path.name, "weights_sha256": self.sha256,
-                "standard_weights": self.sha256.startswith(INCEPTION_SHA256_PREFIX),
+                "standard_weights": self.sha256 == INCEPTION_SHA256,
                 "input": "uint8 (round(255 x))",
                 "resize": "299x299 bilinear, " + ("torch antialias" if self.antialias
                                                   else "TF1-compatible, no antialias"),
