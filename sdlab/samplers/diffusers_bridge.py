@@ -107,12 +107,17 @@ def make_scheduler(name: str, base_config: dict[str, Any] | None = None, **overr
 
 def sample_diffusers(denoiser: Denoiser, z: Tensor, scheduler, steps: int, *,
                      generators: Sequence[torch.Generator] | None = None,
-                     callback: Callable[[dict], None] | None = None) -> Tensor:
-    """Run `scheduler` for `steps` from unit noise `z`; returns the final sample."""
+                     callback: Callable[[dict], None] | None = None,
+                     step_kwargs: dict[str, Any] | None = None) -> Tensor:
+    """Run `scheduler` for `steps` from unit noise `z`; returns the final sample.
+
+    `step_kwargs` go to every `scheduler.step` call (e.g. DDIM's `eta`), as diffusers'
+    pipelines pass their extra step arguments.
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     scheduler.set_timesteps(steps)
-    step_kwargs = {}
+    step_kwargs = dict(step_kwargs or {})
     if generators is not None and "generator" in inspect.signature(scheduler.step).parameters:
         step_kwargs["generator"] = list(generators)
     x = z * scheduler.init_noise_sigma
