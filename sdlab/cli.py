@@ -15,12 +15,18 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> None:
-    from sdlab.experiment import ConfigError, run
+    from hydra.errors import InstantiationException
+
+    from sdlab.experiment import run
 
     try:
         run(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"sdlab: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, InstantiationException) as err:
+        # a config's factory failing reaches us wrapped by Hydra: report its own message
+        cause = err.__cause__ if isinstance(err, InstantiationException) else err
+        if not isinstance(cause, ValueError | FileNotFoundError):
+            raise
+        print(f"sdlab: error: {cause}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -159,6 +159,7 @@ def run(cfg: DictConfig, job_dir: str | Path | None = None) -> dict[str, Any]:
     rank, size = distributed.world()
     sampling = build_sampling(cfg)
     rule = _instantiate_named(cfg.guidance)
+    prompts = build_prompts(cfg, int(cfg.n_images))  # cheap checks before the model loads
     model = build_model(cfg)
     if cfg.get("nfe") is not None:
         with open_dict(cfg):
@@ -168,7 +169,6 @@ def run(cfg: DictConfig, job_dir: str | Path | None = None) -> dict[str, Any]:
     if done is not None:
         print(f"[sdlab] skip: point {key} already has an ok result at {done}")
         return {**json.loads(done.read_text()), "skipped": True}
-    prompts = build_prompts(cfg, int(cfg.n_images))
     if model.conditional and prompts is None:
         raise ConfigError(f"model {cfg.model.name!r} is text-conditional: choose prompts=...")
     metrics = metrics_mod.build(cfg.metrics, model=model)

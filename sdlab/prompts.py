@@ -27,3 +27,14 @@ def shapes_captions(n: int, split: str = "heldout", seed: int = 0) -> list[str]:
     from sdlab.shapes.dataset import get_item
 
     return [get_item(i, split, seed).caption for i in range(n)]
+
+
+def coco_captions(captions: str, n: int = 5000, year: int = 2014, seed: int = 0) -> list[str]:
+    """One caption for each of `n` COCO images, chosen as the COCO reference source chooses."""
+    from sdlab.metrics.reference import COCO
+
+    if not Path(captions).expanduser().is_file():
+        raise FileNotFoundError(
+            f"COCO captions file {captions} not found: place annotations/captions_val{year}.json "
+            "under $COCO_ROOT (or set prompts.captions=PATH)")
+    return COCO(captions=captions, images="", year=year, n=n, seed=seed).prompts()
