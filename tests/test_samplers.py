@@ -86,6 +86,15 @@ def test_repeatable_batch_invariant_and_noise_used_iff_stochastic(name, hparams)
 
 
 @pytest.mark.parametrize(("name", "hparams"), CASES, ids=IDS)
+def test_keeps_the_dtype_of_x(name, hparams):
+    den = GMMDenoiser(GMM)
+    sigmas = schedules.karras(4, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
+    x = start(SEEDS, float(sigmas[0])).float()
+    out = samplers.get(name)(den, x, sigmas, noise=SeededNoise(generators(SEEDS), x), **hparams)
+    assert out.dtype == torch.float32 and bool(out.isfinite().all())
+
+
+@pytest.mark.parametrize(("name", "hparams"), CASES, ids=IDS)
 def test_global_rng_untouched(name, hparams):
     den = GMMDenoiser(GMM)
     sigmas = schedules.karras(4, sigma_min=den.sigma_min, sigma_max=den.sigma_max)

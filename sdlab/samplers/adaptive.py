@@ -45,11 +45,11 @@ def dpm_adaptive(denoiser, x, sigmas, *, noise=None, callback=None, rtol: float 
             denoised[need] = denoiser(x[need], (-t[need]).exp())
             stale, nfe = stale & ~need, nfe + 1
         a, ta, ha = active, t[active], h[active]
-        ratio, ratio_mid = (-ha).exp().reshape(shape), (-ha / 2).exp().reshape(shape)
-        x_low = ratio * x[a] - torch.expm1(-ha).reshape(shape) * denoised[a]  # DPM-Solver-1
-        x_mid = ratio_mid * x[a] - torch.expm1(-ha / 2).reshape(shape) * denoised[a]
+        ratio, ratio_mid = (-ha).exp().reshape(shape).to(x), (-ha / 2).exp().reshape(shape).to(x)
+        x_low = ratio * x[a] + (1 - ratio) * denoised[a]  # DPM-Solver-1
+        x_mid = ratio_mid * x[a] + (1 - ratio_mid) * denoised[a]
         d_mid, nfe = denoiser(x_mid, (-(ta + ha / 2)).exp()), nfe + 1
-        x_high = ratio * x[a] - torch.expm1(-ha).reshape(shape) * d_mid  # DPM-Solver-2
+        x_high = ratio * x[a] + (1 - ratio) * d_mid  # DPM-Solver-2
         # RMS error per sample relative to max(atol, rtol * |x|)
         delta = torch.maximum(x_low.abs(), x_prev[a].abs()).mul(rtol).clamp(min=atol)
         err = ((x_high - x_low) / delta).flatten(1).pow(2).mean(1).sqrt()
