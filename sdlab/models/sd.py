@@ -108,16 +108,18 @@ class LatentDiffusionModel:
         # host memory, least recently used out first: XL embeddings are ~0.3 MB a prompt
         self._cache: OrderedDict[str, tuple[Tensor, Tensor | None]] = OrderedDict()
         self.prompt_cache_size = prompt_cache_size
-        self._prepare(vae_tiling, channels_last, compile)
+        self._prepare(vae_tiling, channels_last)
         alphas_cumprod = DDPMScheduler.from_config(parts.scheduler_config).alphas_cumprod
         forward = torch.compile(parts.unet) if compile else parts.unet
         self._denoiser = DiscreteDDPMDenoiser(UNetNetwork(parts.unet, forward), alphas_cumprod,
                                               parts.prediction_type)
 
-    def _prepare(self, vae_tiling: bool, channels_last: bool, compile: bool) -> None:
+    def _prepare(self, vae_tiling: bool, channels_last: bool) -> None:
         p = self.parts
         for module in (p.unet, p.vae, *p.text_encoders):
-            module.to(self.device, self.dtype).eval().requires_grad_(False)
+            module.to(self.device).eval().requires_grad_(False)
+            if module.dtype != self.dtype:  # loaders already cast; built modules may not be
+                module.to(self.dtype)
         if (p.family == "sdxl" and self.dtype == torch.float16
                 and p.vae.config.get("force_upcast", False)):
             p.vae.to(torch.float32)  # the XL VAE overflows in fp16; diffusers' XL upcasts too
