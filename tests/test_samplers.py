@@ -9,10 +9,13 @@ making it stochastic), with no per-sampler branches.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sdlab import samplers, schedules
 from sdlab.denoisers import Denoiser
@@ -28,6 +31,7 @@ CASES = [(e.name, {}) for e in samplers.registry.entries()] + [
     if e.info.get("stochastic_with")]
 IDS = [f"{name}{'-' + '-'.join(map(str, hp.values())) if hp else ''}" for name, hp in CASES]
 SEEDS = [11, 12, 13]
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sampler"
 
 
 class CountingMixture:
@@ -260,3 +264,38 @@ def test_dpm_adaptive_error_follows_tolerance(ode_problem):
         nfes.append(den.nfe)
     assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-3
     assert nfes[0] < nfes[1] < nfes[2]
+
+
+def test_every_sampler_has_a_config_naming_it():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} - {"diffusers"} == set(samplers.names())
+
+
+@pytest.mark.parametrize("name", samplers.names())
+def test_sampler_config_instantiates_the_registered_function(name):
+    node = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
+    assert node.pop("name") == name
+    sample = instantiate(node)
+    assert sample.func is samplers.get(name)
+    den = GMMDenoiser(GMM)
+    sigmas = schedules.karras(3, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
+    assert sample(den, start(SEEDS, float(sigmas[0])), sigmas).shape == (3, *GMM.shape)
+
+
+def test_describe_lists_every_sampler_with_its_facts():
+    rows = samplers.describe()
+    assert [r["name"] for r in rows] == samplers.names()
+    for r in rows:
+        assert r["type"] in ("ODE", "SDE") and r["steps"] in ("single", "multi", "adaptive")
+        assert r["order"] >= 1 and r["nfe_per_step"] and r["paper"] and r["description"]
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: samplers.get("eulr"),
+    lambda: run("lms", {"order": 5}, SEEDS),
+    lambda: run("unipc", {"variant": "bh3"}, SEEDS),
+    lambda: run("dpmpp_2m_sde", {"solver_type": "rk4"}, SEEDS),
+    lambda: run("restart", {"restarts": [[2.0, 0.1, 1]]}, SEEDS),
+])
+def test_bad_hyperparameters_say_what_is_allowed(bad):
+    with pytest.raises(ValueError, match="valid samplers|must be|needs"):
+        bad()

@@ -7,12 +7,15 @@ where diffusers ships the same schedule.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import diffusers
 import numpy as np
 import pytest
 import scipy.stats
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from sdlab import schedules
 from sdlab.registry import UnknownNameError
@@ -160,3 +163,21 @@ def test_bad_input_errors():
         build("custom", 3, sigmas=[5.0, 1.0])
     with pytest.raises(ValueError, match="ays has tables for"):
         build("ays", model="sd3")
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "schedule"
+
+
+def test_every_schedule_has_a_config():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(schedules.names())
+
+
+@pytest.mark.parametrize("name", schedules.names())
+def test_schedule_config_builds_through_build(name):
+    node = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
+    assert node.pop("name") == name
+    schedule = instantiate(node)
+    assert schedule.func is schedules.get(name)
+    sigmas = schedules.build(schedule, N, sigma_min=SMIN, sigma_max=SMAX,
+                             training_sigmas=torch.from_numpy(TRAIN))
+    assert sigmas.shape == (N + 1,)
