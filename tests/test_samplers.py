@@ -90,6 +90,17 @@ def test_repeatable_batch_invariant_and_noise_used_iff_stochastic(name, hparams)
 
 
 @pytest.mark.parametrize(("name", "hparams"), CASES, ids=IDS)
+def test_draws_noise_only_when_stochastic(name, hparams):
+    draws = []
+    den = GMMDenoiser(GMM)
+    sigmas = schedules.karras(4, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
+    x = start(SEEDS, float(sigmas[0]))
+    seeded = SeededNoise(generators(SEEDS), x)
+    samplers.get(name)(den, x, sigmas, noise=lambda *a: draws.append(a) or seeded(*a), **hparams)
+    assert bool(draws) is is_stochastic(name, hparams)
+
+
+@pytest.mark.parametrize(("name", "hparams"), CASES, ids=IDS)
 def test_keeps_the_dtype_of_x(name, hparams):
     den = GMMDenoiser(GMM)
     sigmas = schedules.karras(4, sigma_min=den.sigma_min, sigma_max=den.sigma_max)

@@ -1,4 +1,4 @@
-"""Maths shared by the samplers: derivatives, ancestral splits, phi functions, step access."""
+"""Maths shared by the samplers: derivatives, ancestral splits, multistep weights, step access."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def t_of(sigma: float) -> float:
 
 
 def sigma_of(t: float) -> float:
+    """The inverse of `t_of`."""
     return math.exp(-t)
 
 

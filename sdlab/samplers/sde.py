@@ -104,13 +104,15 @@ def dpmpp_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.
         # stage 1: ancestral DPM-Solver++(1) to the intermediate level s
         sd, su = ancestral_step(sigma, sigma_s, eta)
         x_s = (sd / sigma) * x - math.expm1(t - t_of(sd)) * denoised
-        x_s = x_s + noise(sigma, sigma_s) * s_noise * su
+        if su > 0:
+            x_s = x_s + noise(sigma, sigma_s) * s_noise * su
         denoised_s = denoise(denoiser, x_s, sigma_s)
         # stage 2: ancestral step to sigma_next with the r-weighted data prediction
         sd, su = ancestral_step(sigma, sigma_next, eta)
         denoised_d = (1 - 1 / (2 * r)) * denoised + 1 / (2 * r) * denoised_s
         x = (sd / sigma) * x - math.expm1(t - t_of(sd)) * denoised_d
-        x = x + noise(sigma, sigma_next) * s_noise * su
+        if su > 0:
+            x = x + noise(sigma, sigma_next) * s_noise * su
     return x
 
 
