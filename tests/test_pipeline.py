@@ -264,3 +264,21 @@ def test_prompt_cache_keeps_the_most_recent_prompts(tiny_model):
     assert list(model._cache) == ["b", "c"]
     again, _ = model.embed(["a", "b"])
     assert torch.equal(first, again) and list(model._cache) == ["a", "b"]
+
+
+def test_xl_size_and_crop_conditioning_matches_diffusers(tiny_model):
+    model = tiny_model("sdxl", original_size=(64, 48), crops_coords_top_left=(4, 2))
+    ours, _ = images(model, DiffusersSampling("EulerDiscreteScheduler"), steps=4)
+    ref = reference_images(model, "EulerDiscreteScheduler", PROMPTS, SEEDS, 4, 5.0,
+                           original_size=(64, 48), crops_coords_top_left=(4, 2))
+    assert max_diff(ours, ref) <= TOL
+    plain, _ = images(tiny_model("sdxl"), DiffusersSampling("EulerDiscreteScheduler"), steps=4)
+    assert max_diff(ours, plain) > TOL  # the time ids do reach the U-Net
+
+
+def test_callback_sees_every_step(tiny_model):
+    seen = []
+    images(tiny_model("sd1"), NativeSampling(ode.euler, schedules.karras), steps=5,
+           callback=lambda info: seen.append((info["i"], info["x"].shape)))
+    assert [i for i, _ in seen] == list(range(5))
+    assert all(shape == (2, *tiny_model("sd1").latent_shape) for _, shape in seen)

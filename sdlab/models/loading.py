@@ -172,8 +172,10 @@ def _load_hub(repo: str, family: str, safe: bool | None, variant: str | None,
         where = ("it is not in the local Hugging Face cache and local_files_only is set; "
                  "download it once with local_files_only: false (or `hf download "
                  f"{repo}`)" if common["local_files_only"] else
-                 "check the hub id and your network, or set `path` to a local folder")
-        raise ModelLoadError(f"could not load model {repo!r}: {where}") from err
+                 "check the hub id, your network and, for gated models, your login; or set "
+                 "`path` to a local folder")
+        raise ModelLoadError(
+            f"could not load model {repo!r} ({type(err).__name__}): {where}") from err
     return pipe, family
 
 
