@@ -18,10 +18,10 @@ from pathlib import Path
 
 from sdlab.report import images, plots, tables
 from sdlab.report import style as st
-from sdlab.report.data import Sweep, load, load_results
+from sdlab.report.data import Sweep, load
 from sdlab.report.document import render
 
-__all__ = ["build", "load", "load_results", "main"]
+__all__ = ["build", "load", "main"]
 
 
 def figures(sweep: Sweep, out: Path) -> list[plots.Entry]:

@@ -147,12 +147,6 @@ def load(root: str | Path) -> Sweep:
     return Sweep(points, root)
 
 
-def load_results(root: str | Path) -> list[dict[str, Any]]:
-    """Every result.json under root as a dict, ordered by sampler, schedule, guidance, nfe."""
-    return [p.result for p in sorted(load(root).points, key=lambda p: (
-        p.field("sampler"), p.field("schedule"), p.scale or 0.0, p.nfe, p.steps))]
-
-
 def fingerprint(sweep: Sweep) -> dict[str, list[str]]:
     """Each fingerprint entry with its distinct values over the ok points."""
     seen: dict[str, set[str]] = {}
