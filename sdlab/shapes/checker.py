@@ -5,9 +5,10 @@ A deterministic checker. On the mid-grey background every shape colour is satura
    coverage, and a pixel's hue (which blending with grey leaves unchanged) names its colour;
 2. each colour's pixels over half covered form connected components; fragments under
    `MIN_AREA` pixels are ignored (noise of generated images);
-3. each dataset shape is fitted to a component's coverage by area and centroid; the best
-   overlapping one (soft IoU) is its shape; the fitted side gives small/large and the nearest
-   dataset anchor to the fitted bounding-box centre its position.
+3. each dataset shape is fitted to a component's coverage by area and centroid, sharp and
+   Gaussian-blurred (generated images are soft); the best overlapping one (soft IoU) is its
+   shape; the fitted side gives small/large and the nearest dataset anchor to the fitted
+   bounding-box centre its position.
 An image is correct when it has as many components as the caption has objects and they can
 be paired so that every object's shape, colour, size and position match."""
 
@@ -42,6 +43,7 @@ MIN_AREA = 8  # pixels; the smallest real shape (a small triangle) covers about 
 LARGE_SIDE = (SIZES["small"][1] + SIZES["large"][0]) / 2
 _HUES = np.array([colorsys.rgb_to_hsv(*rgb)[0] for rgb in COLORS.values()])
 _CHROMA = np.array([max(rgb) - min(rgb) for rgb in COLORS.values()])
+BLURS = (0.0, 0.5, 0.8, 1.1)  # Gaussian sigmas, pixels, tried on each template
 FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # area / bounding-box area
 
 
@@ -67,8 +69,12 @@ def _describe(alpha: np.ndarray, color: str) -> Blob:
         side = np.sqrt(area / FILL[shape])
         # a triangle's centroid sits side/6 below its bounding-box centre
         box_cy = cy - side / 6 if shape == "triangle" else cy
-        template = coverage(shape, cx, box_cy, side)
-        iou = np.minimum(alpha, template).sum() / np.maximum(alpha, template).sum()
+        sharp = coverage(shape, cx, box_cy, side)
+        # generated images are blurred: compare with the template blurred as much as fits best
+        iou = max(
+            np.minimum(alpha, t).sum() / np.maximum(alpha, t).sum()
+            for t in (ndimage.gaussian_filter(sharp, blur) for blur in BLURS)
+        )
         fits[shape] = (iou, side, box_cy)
     shape = max(fits, key=lambda k: fits[k][0])
     iou, side, box_cy = fits[shape]
