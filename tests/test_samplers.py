@@ -16,6 +16,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from scipy.integrate import quad
 
 from sdlab import samplers, schedules
 from sdlab.denoisers import Denoiser
@@ -23,6 +24,7 @@ from sdlab.guidance import CFGDenoiser, GuidanceRule
 from sdlab.models.gmm import GaussianMixture, GMMDenoiser
 from sdlab.noise import SeededNoise, generators
 from sdlab.samplers.brownian import BrownianTreeNoise
+from sdlab.samplers.common import exp_adams_coefficients, lagrange_weights
 
 torch.set_num_threads(1)  # tensors this small run far slower when split across threads
 GMM = GaussianMixture.random((4, 2, 2), components=3, seed=0)
@@ -310,3 +312,32 @@ def test_describe_lists_every_sampler_with_its_facts():
 def test_bad_hyperparameters_say_what_is_allowed(bad):
     with pytest.raises(ValueError, match="valid samplers|must be|needs"):
         bad()
+
+
+@pytest.mark.parametrize(("nodes", "a", "b", "rate"), [
+    ([1.0, 1.3, 1.7, 2.2], 1.0, 0.6, 0.0),  # lms: a step in sigma
+    ([14.0, 14.0001, 14.0003], 14.0, 13.9999, 0.0),  # tiny steps far from 0
+    ([-0.5, -0.2, 0.3], -0.5, -0.9, 1.0),  # deis: log sigma with weight e^u
+    ([0.0, -1e-4, -3e-4], 0.0, 1e-4, 1.0),  # exponential Adams with tiny h
+])
+def test_lagrange_weights_are_the_exact_integrals(nodes, a, b, rate):
+    def basis(j, x):
+        return math.prod((x - m) / (nodes[j] - m) for k, m in enumerate(nodes) if k != j)
+
+    expected = [quad(lambda x, j=j: basis(j, x) * math.exp(rate * (x - a)), a, b,
+                     epsabs=0, epsrel=1e-13)[0] for j in range(len(nodes))]
+    np.testing.assert_allclose(lagrange_weights(nodes, a, b, rate), expected, rtol=1e-9,
+                               atol=1e-15 * abs(b - a))
+
+
+def test_exp_adams_weights_integrate_a_quadratic_exactly():
+    t_nodes, h = [0.7, 0.4, 0.15], 0.35  # t, t - h1, t - h1 - h2
+
+    def quadratic(t):
+        return 1.5 - 2.0 * t + 0.8 * t**2
+
+    exact = quad(lambda tau: math.exp(-(h - tau)) * quadratic(0.7 + tau), 0, h,
+                 epsabs=0, epsrel=1e-13)[0]
+    weights = exp_adams_coefficients(t_nodes, h)
+    assert sum(w * quadratic(t) for w, t in zip(weights, t_nodes, strict=True)) == (
+        pytest.approx(exact, rel=1e-12))

@@ -152,7 +152,11 @@ def dpmpp_2m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float =
           order=1, type="SDE", steps="multi", nfe_per_step=1)
 def dpmpp_3m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                  s_noise: float = 1.0) -> Tensor:
-    """DPM-Solver++(3M) SDE: quadratic extrapolation of D under the SDE's faster decay (1 + eta)."""
+    """DPM-Solver++(3M) SDE: quadratic extrapolation of D under the SDE's faster decay (1 + eta).
+
+    Uses the exact weights of `dpmpp_3m` (k-diffusion's version halves the second-difference
+    term), so with eta = 0 it is `dpmpp_3m`.
+    """
     noise = noise_or_default(noise, x)
     hist, t_hist = [], []
     for i, sigma, sigma_next in steps(sigmas):
