@@ -111,7 +111,7 @@ def grid_figures(sweep: Sweep, out: Path) -> list[Entry]:
                     continue
                 ax.imshow(tile(grid_images(p.job_dir / "grid.png", p.result["n_images"],
                                            SEEDS_SHOWN)), interpolation="nearest")
-                ax.set_xlabel(f"nfe {fmt(p.nfe, 3)}", fontsize=5, labelpad=1)
+                ax.set_xlabel(f"nfe {p.nfe:g}", fontsize=5, labelpad=1)
         stem = "grid" + ("" if scale is None else f"_g{fmt(scale, 3)}")
         st.save(fig, out, stem)
         entries.append(Entry(stem, f"first {SEEDS_SHOWN} seeds (same in every cell) per "

@@ -130,7 +130,7 @@ def guidance_figures(sweep: Sweep, out: Path) -> list[Entry]:
             for points in groups.values():
                 points = [p for p in points if metric in p.metrics]
                 if points:
-                    nfe = fmt(points[0].nfe, 3)
+                    nfe = f"{points[0].nfe:g}"
                     _band_line(ax, sweep, points, [p.scale for p in points], metric,
                                f"{sweep.label(points[0])} (nfe {nfe})")
             ax.set_xlabel("guidance scale w (1 = no guidance)")
