@@ -25,12 +25,14 @@ checks that instead of equality:
   produces NaN there; sdlab's samplers return the denoised estimate;
 - DEIS ends its schedule at sigma_min and returns that noisy VP sample; DDIM with
   set_alpha_to_one=False (SD's default) ends at sigma_train[0] the same way;
-- with lower_order_final, UniPC-3 drops to order 2 on its second-to-last step.
+- with lower_order_final, UniPC-3 drops to order 2 on its second-to-last step;
+- diffusers' DPM-Solver++(3M) gives the second-difference term half its exact weight.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 
@@ -41,7 +43,7 @@ from sdlab import samplers
 from sdlab.models.gmm import GaussianMixture, GMMDenoiser
 from sdlab.noise import SeededNoise, generators, randn
 from sdlab.registry import UnknownNameError
-from sdlab.samplers.common import lagrange_weights
+from sdlab.samplers.common import exp_adams_coefficients, lagrange_weights, t_of
 from sdlab.samplers.diffusers_bridge import (
     UNFIT,
     fitting_scheduler_names,
@@ -240,6 +242,27 @@ def test_dpmpp_sde_matches_dpm_solver_sde(monkeypatch):
     out_n, out_d, xs_n, xs_d, _ = cross_check("dpmpp_sde", {}, float64_sigmas(scheduler), 20, 2)
     torch.testing.assert_close(xs_n, xs_d, **TOL)
     torch.testing.assert_close(out_n, out_d, **TOL)
+
+
+def test_dpmpp_3m_third_order_step_vs_diffusers():
+    """From the same three data predictions, diffusers' 3M step (the paper's closed form)
+    equals sdlab's exact quadratic integral minus half its second-difference term,
+    2 h^3 phi_3(-h) b with b the second divided difference of D in t."""
+    scheduler = float64_sigmas(make_scheduler("DPMSolverMultistepScheduler",
+                                              algorithm_type="dpmsolver++", solver_order=3))
+    denoiser = GMMDenoiser(GMM, alphas_cumprod=scheduler.alphas_cumprod.double())
+    _, calls = run_diffusers(denoiser, scheduler, 20)
+    for k in (4, 7, 10):
+        (x, d0), t = (calls[k]["x"], calls[k]["denoised"]), t_of(calls[k]["sigma"])
+        d1, d2 = calls[k - 1]["denoised"], calls[k - 2]["denoised"]
+        t1, t2, t_next = (t_of(calls[j]["sigma"]) for j in (k - 1, k - 2, k + 1))
+        h = t_next - t
+        exact = math.exp(-h) * x + sum(c * d for c, d in zip(
+            exp_adams_coefficients([t, t1, t2], h), (d0, d1, d2), strict=True))
+        b = ((d0 - d1) / (t - t1) - (d1 - d2) / (t1 - t2)) / (t - t2)
+        half_term = (math.expm1(-h) + h - h**2 / 2) * b  # = -h^3 phi_3(-h) b
+        torch.testing.assert_close(calls[k + 1]["x"], exact + half_term, **TOL)
+        assert not torch.allclose(calls[k + 1]["x"], exact, **TOL)
 
 
 def test_euler_karras_matches_diffusers_to_1e5_relative():
