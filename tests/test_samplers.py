@@ -341,3 +341,38 @@ def test_exp_adams_weights_integrate_a_quadratic_exactly():
     weights = exp_adams_coefficients(t_nodes, h)
     assert sum(w * quadratic(t) for w, t in zip(weights, t_nodes, strict=True)) == (
         pytest.approx(exact, rel=1e-12))
+
+
+def test_heun_churn_is_edm_algorithm_2():
+    den, x = GMMDenoiser(GMM), start(SEEDS, 5.0)
+    sigmas = torch.tensor([5.0, 2.0, 0.0], dtype=torch.float64)
+    out = samplers.get("heun")(den, x, sigmas, noise=SeededNoise(generators(SEEDS), x),
+                               s_churn=0.6, s_tmin=1.0, s_tmax=10.0, s_noise=1.01)
+    eps = SeededNoise(generators(SEEDS), x)
+
+    def D(v, s):
+        return den.denoise(v, torch.full((len(v),), s, dtype=torch.float64))
+
+    gamma = min(0.6 / 2, math.sqrt(2) - 1)  # lines 4-5: churn inside [s_tmin, s_tmax]
+    t_hat = 5.0 * (1 + gamma)
+    x_hat = x + math.sqrt(t_hat**2 - 25.0) * 1.01 * eps(5.0, t_hat)  # line 6
+    d = (x_hat - D(x_hat, t_hat)) / t_hat  # lines 7-8: Euler step
+    x_1 = x_hat + (2.0 - t_hat) * d
+    d_1 = (x_1 - D(x_1, 2.0)) / 2.0  # lines 9-11: second-order correction
+    x_1 = x_hat + (2.0 - t_hat) * (d + d_1) / 2
+    t_hat = 2.0 * (1 + gamma)  # the last step churns too (2.0 is inside the range)
+    x_hat = x_1 + math.sqrt(t_hat**2 - 4.0) * 1.01 * eps(2.0, t_hat)
+    torch.testing.assert_close(out, D(x_hat, t_hat), rtol=1e-13, atol=1e-13)
+
+
+def test_restart_is_heun_plus_a_renoised_rerun():
+    den, x = GMMDenoiser(GMM), start(SEEDS, 8.0)
+    s = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.0], dtype=torch.float64)
+    out = samplers.get("restart")(den, x, s, noise=SeededNoise(generators(SEEDS), x),
+                                  restarts=[[0.9, 4.2, 2]])  # snaps to sigma 1.0 and 4.0
+    heun, eps = samplers.get("heun"), SeededNoise(generators(SEEDS), x)
+    y = heun(den, x, s[:4])  # main pass down to sigma_lo = 1
+    for _ in range(2):  # K = 2 restarts: noise up to sigma_hi = 4, solve back down to 1
+        y = y + eps(1.0, 4.0) * math.sqrt(16.0 - 1.0)
+        y = heun(den, y, s[1:4])
+    torch.testing.assert_close(out, heun(den, y, s[3:]), rtol=1e-13, atol=1e-13)
