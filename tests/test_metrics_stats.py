@@ -76,6 +76,19 @@ def test_fd_replicates_point_equals_streaming_fd():
     assert float(rep[0]) == pytest.approx(_scipy_fd(x, y), rel=1e-6)
 
 
+@pytest.mark.parametrize("n, d", [(300, 12), (40, 64)])  # d x d and n x n (n < d) forms
+def test_fd_replicates_equal_scipy_fd_of_explicit_resamples(n, d):
+    x, y = _features(n, d, 14), _features(500, d, 15, shift=0.1)
+    mu, cov = y.mean(0), np.cov(y, rowvar=False)
+    rng = np.random.default_rng(1)
+    idx = [rng.integers(0, n, n) for _ in range(3)]
+    counts = torch.stack([torch.from_numpy(np.bincount(i, minlength=n)).double() for i in idx])
+    ours = fd_replicates(torch.from_numpy(x), torch.cat([torch.ones(1, n), counts]),
+                         torch.from_numpy(mu), torch.from_numpy(cov))
+    refs = [_scipy_fd(x, y)] + [_scipy_fd(x[i], y) for i in idx]
+    np.testing.assert_allclose(ours.numpy(), refs, rtol=1e-6)
+
+
 def _unbiased_mmd(x, y, k):
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
     m, n = len(x), len(y)

@@ -74,21 +74,51 @@ class GaussianStats:
 
 
 def fd_replicates(x: Tensor, counts: Tensor, mu_ref: Tensor, cov_ref: Tensor) -> Tensor:
-    """Frechet distance of count-weighted resamples of rows `x` [n, d] to (mu_ref, cov_ref)."""
+    """Frechet distance of count-weighted resamples of rows `x` [n, d] to (mu_ref, cov_ref).
+
+    A resample's covariance is Z^T Z / (n - 1) with rows z_i = sqrt(c_i) (x_i - mean_c). The
+    cross term tr((C_ref^(1/2) C C_ref^(1/2))^(1/2)) needs the eigenvalues of a d x d matrix,
+    or, when n < d, of the n x n matrix Z C_ref Z^T / (n - 1), which has the same nonzero ones.
+    """
     x = x.to(torch.float64)
     mu_ref, cov_ref, c = mu_ref.to(x), cov_ref.to(x), counts.to(x)
-    s_ref = sqrtm_psd(cov_ref)
     (n, d), center = x.shape, x.mean(0)
     xc = x - center  # centring first keeps the weighted scatter accurate
+    delta = c @ xc / n  # [B, d]: each resample's mean minus the sample mean
+    mean_term = (center + delta - mu_ref).square().sum(-1)
+    # sum_i c_i |xc_i - delta|^2 = sum_i c_i |xc_i|^2 - n |delta|^2
+    trace = (c @ xc.square().sum(1) - n * delta.square().sum(1)) / (n - 1)
+    if n < d:
+        cross = _cross_gram(xc, c, delta, cov_ref)
+    else:
+        cross = _cross_cov(xc, c, delta, cov_ref)
+    return mean_term + trace + cov_ref.trace() - 2 * cross
+
+
+def _cross_cov(xc: Tensor, c: Tensor, delta: Tensor, cov_ref: Tensor) -> Tensor:
+    n, d = xc.shape
+    s_ref = sqrtm_psd(cov_ref)
     out = []
-    for cb in c.split(max(1, 2**24 // d**2)):  # replicates per chunk: ~128 MiB of covariances
-        delta = cb @ xc / n  # [b, d]
+    for cb, db in zip(c.split(max(1, 2**24 // d**2)), delta.split(max(1, 2**24 // d**2)),
+                      strict=True):  # replicates per chunk: ~128 MiB of covariances
         scatter = torch.stack([(xc.T * ci) @ xc for ci in cb])
-        cov = (scatter - n * delta[:, :, None] * delta[:, None, :]) / (n - 1)
-        cross = torch.linalg.eigvalsh(s_ref @ cov @ s_ref).clamp(min=0).sqrt().sum(-1)
-        mean_term = (center + delta - mu_ref).square().sum(-1)
-        out.append(mean_term + cov.diagonal(dim1=1, dim2=2).sum(-1) + cov_ref.trace() - 2 * cross)
+        cov = (scatter - n * db[:, :, None] * db[:, None, :]) / (n - 1)
+        out.append(torch.linalg.eigvalsh(s_ref @ cov @ s_ref).clamp(min=0).sqrt().sum(-1))
     return torch.cat(out)
+
+
+def _cross_gram(xc: Tensor, c: Tensor, delta: Tensor, cov_ref: Tensor) -> Tensor:
+    n = xc.shape[0]
+    xs = xc @ cov_ref  # [n, d]
+    gram = xs @ xc.T  # xc_i^T C_ref xc_j
+    out = []
+    for ci, di in zip(c, delta, strict=True):
+        u = xs @ di  # xc_i^T C_ref delta
+        m = gram - u[:, None] - u[None] + di @ cov_ref @ di  # (xc_i - delta)^T C_ref (..._j)
+        w = ci.sqrt()
+        out.append(torch.linalg.eigvalsh(w[:, None] * m * w[None] / (n - 1)).clamp(min=0)
+                   .sqrt().sum())
+    return torch.stack(out)
 
 
 def kid_kernel(x: Tensor, y: Tensor) -> Tensor:
