@@ -98,12 +98,13 @@ def fd_replicates(x: Tensor, counts: Tensor, mu_ref: Tensor, cov_ref: Tensor) ->
 def _cross_cov(xc: Tensor, c: Tensor, delta: Tensor, cov_ref: Tensor) -> Tensor:
     n, d = xc.shape
     s_ref = sqrtm_psd(cov_ref)
+    ys, dys = xc @ s_ref, delta @ s_ref  # C_ref^(1/2) C C_ref^(1/2) is then a weighted scatter
     out = []
-    for cb, db in zip(c.split(max(1, 2**24 // d**2)), delta.split(max(1, 2**24 // d**2)),
-                      strict=True):  # replicates per chunk: ~128 MiB of covariances
-        scatter = torch.stack([(xc.T * ci) @ xc for ci in cb])
-        cov = (scatter - n * db[:, :, None] * db[:, None, :]) / (n - 1)
-        out.append(torch.linalg.eigvalsh(s_ref @ cov @ s_ref).clamp(min=0).sqrt().sum(-1))
+    for cb, db in zip(c.split(max(1, 2**24 // d**2)), dys.split(max(1, 2**24 // d**2)),
+                      strict=True):  # replicates per chunk: ~128 MiB of d x d matrices
+        scatter = torch.stack([(ys.T * ci) @ ys for ci in cb])
+        m = (scatter - n * db[:, :, None] * db[:, None, :]) / (n - 1)
+        out.append(torch.linalg.eigvalsh(m).clamp(min=0).sqrt().sum(-1))
     return torch.cat(out)
 
 
