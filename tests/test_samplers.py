@@ -257,6 +257,20 @@ def test_convergence_order(ode_problem, name, hparams, theory):
     assert math.log2(errs[0] / errs[1]) == pytest.approx(theory, abs=0.25)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "hparams", "theory"), ORDERS,
+                         ids=[f"{n}-{'-'.join(map(str, h.values()))}" for n, h, _ in ORDERS])
+def test_convergence_order_holds_to_512_steps(ode_problem, name, hparams, theory):
+    den, x, ref = ode_problem
+    errs = []
+    for n in (128, 256, 512):
+        sigmas = karras_quadratic_start(n, den.sigma_min, den.sigma_max)
+        out = samplers.get(name)(den, x.clone(), sigmas, **hparams)
+        errs.append(float((out - ref).pow(2).mean().sqrt()))
+    for a, b in zip(errs, errs[1:], strict=False):
+        assert math.log2(a / b) == pytest.approx(theory, abs=0.25)
+
+
 @pytest.mark.parametrize(("name", "theory"), [("euler", 1), ("heun", 2), ("dpmpp_2m", 2)])
 def test_convergence_order_on_plain_karras(ode_problem, name, theory):
     den, x, ref = ode_problem
