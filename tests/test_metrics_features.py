@@ -155,6 +155,21 @@ def test_paired_difference_matches_images_by_id():
         paired_difference(a, PerImage(range(1, 401), b_values))
 
 
+def test_paired_difference_of_feature_metrics(tmp_path):
+    gen = _generated(200, shift=0.0)
+    a, b = (FeatureDistance(CountingExtractor(), NoiseImages(300), metrics=("fd", "kid", "pr"),
+                            cache_dir=str(tmp_path)) for _ in range(2))
+    a.update(_batch(gen))
+    b.update(_batch(gen + 0.1))  # the same seeds, a worse sampler
+    out = paired_difference(b, a, n_boot=100)
+    va, vb = a.compute(), b.compute()
+    assert set(out) == {"fd_toy", "kid_toy", "precision_toy"}
+    for name, (diff, lo, hi) in out.items():
+        assert diff == pytest.approx(vb[name] - va[name], rel=1e-6, abs=1e-12)
+        assert lo <= hi
+    assert out["fd_toy"][1] > 0  # the shift is detected
+
+
 def test_mixture_kernel_means_match_monte_carlo():
     gmm = GaussianMixture.random((2, 2), components=3, seed=1)
     x = torch.randn(5, 4, dtype=torch.float64)
