@@ -4,6 +4,16 @@ Every metric follows `Metric`: it sees each `sdlab.pipeline.Batch` once, returns
 named values (names say their feature space, e.g. `fd_inception`), bootstrap confidence
 intervals over generated images, and a fingerprint of every setting that affects its value.
 
+Modules: `stats` (Frechet distance, streaming Gaussian statistics, unbiased MMD for KID and
+CMMD), `knn` (precision/recall), `extractors` (Inception, CLIP, DINOv2 and where their weights
+come from), `reference` (reference image sources and the on-disk statistics cache),
+`features` (`FeatureDistance`: FD/KID/CMMD/PR in one feature space), `clip_score`,
+`shapes` (accuracy of the bundled tiny model), `exact` (the analytic model).
+
+`build(config, **context)` hands every metric the run's context; metrics take what they use
+and ignore the rest: `model` (the generative model; exact metrics need it) and `cache_dir`
+(reference statistics; default `$SDLAB_CACHE/reference`, else `~/.cache/sdlab/reference`).
+
 Bootstrap: a metric that implements `replicates(counts)` gets `intervals()` and
 `paired_difference()` for free. `counts` is [B, n]: how often each generated image (in the
 order of `image_ids`) is drawn in each of B resamples; an all-ones row is the point estimate.
