@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from wandb_records import records
 
 from sdlab.cli import CONFIG_DIR
 from sdlab.experiment import ConfigError, run
-from wandb_records import records
 
 TESTS = Path(__file__).parent
-ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(TESTS)}
+# one thread per process: these tests run several sdlab processes side by side
+ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
 # the exact ODE error alone keeps each point cheap
 SWEEP = ["sampler=euler,dpmpp_2m", "steps=3,6", "n_images=8", "logger=none",
          "~metrics.fd_exact", "~metrics.mmd_exact"]

@@ -111,8 +111,13 @@ class GaussianMixture:
             return (xt - self.denoise(xt, sig)).reshape(-1).numpy()
 
         y0 = self._flat(x).reshape(-1).numpy()
-        sol = solve_ivp(f, (math.log(sigma_from), math.log(sigma_to)), y0, method="DOP853",
-                        rtol=rtol, atol=atol)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # hundreds of tiny evaluations: threads only add contention
+        try:
+            sol = solve_ivp(f, (math.log(sigma_from), math.log(sigma_to)), y0,
+                            method="DOP853", rtol=rtol, atol=atol)
+        finally:
+            torch.set_num_threads(threads)
         if not sol.success:
             raise RuntimeError(f"reference ODE solve failed: {sol.message}")
         return torch.from_numpy(sol.y[:, -1]).reshape(x.shape).to(x.dtype)
