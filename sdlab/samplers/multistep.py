@@ -170,7 +170,7 @@ def _uni_bh(x: Tensor, hist: list[Tensor], t_hist: list[float], t_next: float, v
     rks = [(tk - t0) / h for tk in t_hist[1:]] + [1.0]
     d1s = [(dk - d0) / rk for dk, rk in zip(hist[1:], rks, strict=False)]
     b_h = -h if variant == "bh1" else math.expm1(-h)  # B(h) of the two published variants
-    # b_k = k! phi_{k+1}(-h) h / B(h): right-hand side of the order conditions (Alg. 1)
+    # b_k = k! (-h) phi_{k+1}(-h) / B(h): right-hand side of the order conditions
     b, h_phi_k, factorial = [], math.expm1(-h) / -h - 1, 1
     for k in range(1, p + 1):
         b.append(h_phi_k * factorial / b_h)
@@ -179,7 +179,7 @@ def _uni_bh(x: Tensor, hist: list[Tensor], t_hist: list[float], t_next: float, v
     R = torch.tensor([[rk ** (k - 1) for rk in rks] for k in range(1, p + 1)], dtype=torch.float64)
     b = torch.tensor(b, dtype=torch.float64)
     if denoised_next is None:  # UniP-p: p - 1 differences; order 2 uses the paper's rho = 1/2
-        rhos = {1: [], 2: [0.5]}.get(p) or torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
+        rhos = [0.5] if p == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1]).tolist()
     else:  # UniC-p: the new prediction joins as the difference at r = 1
         rhos = [0.5] if p == 1 else torch.linalg.solve(R, b).tolist()
         d1s = d1s + [denoised_next - d0]
