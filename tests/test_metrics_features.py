@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import sdlab.metrics.features as features
 import sdlab.metrics.reference as reference
 from sdlab.metrics import Metric, build, paired_difference
 from sdlab.metrics.exact import mixture_kernel_means
@@ -89,11 +90,17 @@ def test_reference_statistics_computed_once_per_key(tmp_path, monkeypatch):
     assert ext.images == 100 + 32
     second = point()  # a second point of the same sweep, same process
     assert ext.images == 100 + 2 * 32 and second == first
+    assert len(list(tmp_path.glob("toy-*.kid_poly3.json"))) == 1  # KID's reference term
     monkeypatch.setattr(reference, "_IN_MEMORY", {})  # a later run: only the disk cache
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the reference kernel term was recomputed")
+
+    monkeypatch.setattr(features, "kernel_sum_offdiag", no_recompute)
     assert point() == first and ext.images == 100 + 3 * 32
     FeatureDistance(ext, NoiseImages(50), cache_dir=str(tmp_path)).ref()  # another key
     assert ext.images == 100 + 3 * 32 + 50
-    assert len(list(tmp_path.glob("toy-*.pt"))) == 2
+    assert len(list(tmp_path.glob("toy-*.pt"))) == 2  # one statistics file per key
 
 
 def test_streaming_fd_one_batch_equals_sixteen(tmp_path):

@@ -72,7 +72,6 @@ class FeatureDistance(Metric):
         self.features: list[Tensor] = []
         self.image_ids: list[int] = []
         self._ref: ReferenceStats | None = None
-        self._ref_terms: dict[str, float] = {}
 
     @property
     def device(self) -> torch.device:
@@ -119,10 +118,9 @@ class FeatureDistance(Metric):
         return super().intervals(level, n_boot, seed) if self.keep_features else {}
 
     def _ref_term(self, name: str, kernel: Any, ref: Tensor) -> float:
-        if name not in self._ref_terms:
-            m = len(ref)
-            self._ref_terms[name] = kernel_sum_offdiag(ref, kernel) / (m * (m - 1))
-        return self._ref_terms[name]
+        """Mean kernel value over pairs of distinct reference images, cached with the stats."""
+        m = len(ref)
+        return self.ref().cached(name, lambda: kernel_sum_offdiag(ref, kernel) / (m * (m - 1)))
 
     def _replicates(self, counts: Tensor, metrics: Any) -> dict[str, Tensor]:
         ref, dev = self.ref(), self.device
@@ -132,11 +130,11 @@ class FeatureDistance(Metric):
         if "fd" in metrics:
             out[f"fd_{self.space}"] = fd_replicates(gen, c, ref.mean.to(dev), ref.cov.to(dev))
         if "kid" in metrics:
-            term = self._ref_term("kid", kid_kernel, ref_feats)
+            term = self._ref_term("kid_poly3", kid_kernel, ref_feats)
             out[f"kid_{self.space}"] = mmd2_replicates(ref_feats, gen, c, kid_kernel, term)
         if "cmmd" in metrics:
             k = rbf_kernel(self.cmmd_sigma)
-            term = self._ref_term("cmmd", k, ref_feats)
+            term = self._ref_term(f"cmmd_rbf{self.cmmd_sigma:g}", k, ref_feats)
             out[f"cmmd_{self.space}"] = self.cmmd_scale * mmd2_replicates(ref_feats, gen, c, k,
                                                                           term)
         if "pr" in metrics:

@@ -19,8 +19,8 @@ import hashlib
 import inspect
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,10 +175,26 @@ class ReferenceStats:
     cov: Tensor  # [d, d] float64
     features: Tensor  # [n, d] in the extractor's dtype
     sha256: str  # of mean, covariance and features
+    path: Path  # the cache file
+    derived: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return len(self.features)
+
+    def cached(self, name: str, compute: Callable[[], float]) -> float:
+        """A number computed from the reference alone (e.g. KID's reference-reference kernel
+        mean, O(n^2 d)), kept in memory and in a file beside the statistics."""
+        if name not in self.derived:
+            file = self.path.with_name(f"{self.path.stem}.{name}.json")
+            if file.is_file():
+                self.derived[name] = json.loads(file.read_text())["value"]
+            else:
+                self.derived[name] = float(compute())
+                tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({"value": self.derived[name], "stats": self.sha256}))
+                os.replace(tmp, file)
+        return self.derived[name]
 
 
 _IN_MEMORY: dict[str, ReferenceStats] = {}
@@ -206,7 +222,7 @@ def reference_stats(source: ReferenceSource, extractor: Extractor,
         torch.save(data, tmp)
         os.replace(tmp, path)  # atomic: concurrent jobs never read a partial file
     stats = ReferenceStats(key, data["spec"], data["mean"], data["cov"], data["features"],
-                           data["sha256"])
+                           data["sha256"], path)
     _IN_MEMORY[key] = stats
     return stats
 
