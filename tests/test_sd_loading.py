@@ -133,3 +133,13 @@ def test_options_generate_images(tiny_model, options):
     assert batch.outputs.shape == reference.shape
     tol = 0.1 if options.get("dtype") == "bf16" else 1e-5
     assert (batch.outputs.float() - reference).abs().max() <= tol
+
+
+@pytest.mark.slow
+def test_compiled_unet_gives_the_same_images(tiny_model):
+    """torch.compile (minutes on a small CPU: kept out of the default suite)."""
+    args = (DiffusersSampling("DDIMScheduler"), 3, [0, 1])
+    kw = dict(prompts=["a", "b"], guidance=GuidanceRule(3.0))
+    reference = next(generate(tiny_model("sd1"), *args, **kw)).outputs
+    compiled = next(generate(tiny_model("sd1", compile=True), *args, **kw)).outputs
+    assert (compiled - reference).abs().max() <= 1e-5

@@ -50,7 +50,7 @@ class UNetNetwork:
 
     def __init__(self, unet: Any, forward: Any = None) -> None:
         self.unet = unet
-        self.forward = forward or unet
+        self.forward = unet if forward is None else forward
         # diffusers' `ModelMixin.dtype` walks every parameter: milliseconds per step on a CPU
         self.dtype = unet.dtype
 
