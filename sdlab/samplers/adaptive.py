@@ -24,7 +24,7 @@ from sdlab.samplers.common import (
           "App. C)", order=2, type="ODE", steps="adaptive", nfe_per_step="adaptive")
 def dpm_adaptive(denoiser, x, sigmas, *, noise=None, callback=None, rtol: float = 0.05,
                  atol: float = 0.0078, h_init: float = 0.05, safety: float = 0.9) -> Tensor:
-    """DPM-Solver-12: 2nd-order steps in t whose size follows the 1st-order embedded error.
+    """DPM-Solver-12 (Lu et al. 2022, adaptive): 2nd-order steps sized by a 1st-order error.
 
     Integrates from sigmas[0] to the last nonzero sigma (the steps in between are ignored),
     then returns the denoised estimate there. Every sample has its own step size (the
@@ -77,7 +77,7 @@ def _nearest(s: list[float], sigma: float, below: int) -> int:
 def restart(denoiser, x, sigmas, *, noise=None, callback=None,
             restarts: Sequence[Sequence[float]] = ((0.1, 2.0, 2),),
             s_noise: float = 1.0) -> Tensor:
-    """Restart: Heun ODE steps; at each sigma_lo, K times re-noise to sigma_hi and re-solve.
+    """Restart sampling (Xu et al. 2023, Alg. 1): Heun steps plus K re-noise/re-solve loops.
 
     Each restart interval is (sigma_lo, sigma_hi, K), snapped to the nearest schedule
     points; the re-solve reuses the schedule's own steps between them, so the schedule

@@ -40,7 +40,7 @@ def euler_cfg_pp(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
 @register(paper="Chung et al. 2024, CFG++ applied to DPM-Solver++(2M) (ComfyUI form)", order=2,
           type="ODE", steps="multi", nfe_per_step=1)
 def dpmpp_2m_cfg_pp(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
-    """CFG++ DPM-Solver++(2M): the CFG++ DDIM step plus 2M's correction against the last uncond."""
+    """CFG++ (Chung et al. 2024) for DPM-Solver++(2M): CFG++ step plus 2M's correction."""
     old_uncond, h_last = None, None
     for i, sigma, sigma_next in steps(sigmas):
         denoised = denoise(denoiser, x, sigma)

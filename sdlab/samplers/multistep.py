@@ -32,7 +32,7 @@ def _check_order(name: str, order: int, orders: range) -> None:
 @register(paper="Karras et al. 2022 (k-diffusion LMS): linear multistep in sigma", order=4,
           type="ODE", steps="multi", nfe_per_step=1)
 def lms(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -> Tensor:
-    """Linear multistep (Adams-Bashforth with variable steps in sigma), up to 4th order."""
+    """Linear multistep (k-diffusion LMS): variable-step Adams-Bashforth in sigma, order <= 4."""
     _check_order("lms", order, range(1, 5))
     s, ds = sigma_list(sigmas), []
     for i, sigma, sigma_next in steps(sigmas):
@@ -51,7 +51,7 @@ def lms(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -> Te
 @register(paper="Zhang & Chen 2023, DEIS (iPNDM, Sec. 4 / App.)", order=4, type="ODE",
           steps="multi", nfe_per_step=1)
 def ipndm(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -> Tensor:
-    """Improved PNDM: Adams-Bashforth with fixed equal-step weights in sigma (Zhang & Chen 2023).
+    """iPNDM (Zhang & Chen 2023, DEIS App.): Adams-Bashforth with equal-step weights in sigma.
 
     The weights assume equal steps, so on a non-uniform schedule the method is only as
     accurate as the steps are locally even; see ipndm_v for the variable-step version.
@@ -73,7 +73,7 @@ def ipndm(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -> 
 @register(paper="Zhang & Chen 2023, DEIS (iPNDM with variable step weights)", order=4,
           type="ODE", steps="multi", nfe_per_step=1)
 def ipndm_v(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -> Tensor:
-    """Variable-step iPNDM: Adams-Bashforth in sigma with weights for the actual steps.
+    """iPNDM with variable-step weights (Zhang & Chen 2023): Adams-Bashforth in sigma.
 
     The variable-step weights are the integrals of the Lagrange basis through the past
     sigmas, so this is the same method as `lms` (same order cap of 4).
@@ -84,7 +84,7 @@ def ipndm_v(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 4) -
 @register(paper="Zhang & Chen 2023, DEIS (tAB-DEIS, polynomial in log sigma)", order=3,
           type="ODE", steps="multi", nfe_per_step=1)
 def deis(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 3) -> Tensor:
-    """DEIS tAB: eps extrapolated by a polynomial in log sigma, integrated exactly over sigma."""
+    """DEIS tAB (Zhang & Chen 2023): eps as a polynomial in log sigma, integrated over sigma."""
     _check_order("deis", order, range(1, 4))
     s, eps = sigma_list(sigmas), []
     for i, sigma, sigma_next in steps(sigmas):
@@ -143,7 +143,7 @@ def _exp_adams(denoiser, x, sigmas, callback, order: int) -> Tensor:
 @register(paper="Lu et al. 2022, DPM-Solver++ (3M multistep, App. / k-diffusion dpmpp_3m_sde "
           "with eta = 0)", order=3, type="ODE", steps="multi", nfe_per_step=1)
 def dpmpp_3m(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
-    """DPM-Solver++(3M): data prediction extrapolated quadratically, integrated exactly in t.
+    """DPM-Solver++(3M) (Lu et al. 2022): quadratic data prediction, integrated exactly in t.
 
     The second-difference term gets its exact weight; the paper's closed form (also in
     diffusers and k-diffusion) weighs it by half, which leaves an O(h^3) local error, so
@@ -155,7 +155,7 @@ def dpmpp_3m(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
 @register(paper="Zhang et al. 2023, Improved Order Analysis of Exponential Integrators (RES "
           "multistep)", order=2, type="ODE", steps="multi", nfe_per_step=1)
 def res_multistep(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
-    """RES 2nd-order multistep: exponential Adams-Bashforth 2 with the phi_1, phi_2 weights."""
+    """RES multistep (Zhang et al. 2023): exponential Adams-Bashforth 2, phi_1/phi_2 weights."""
     return _exp_adams(denoiser, x, sigmas, callback, order=2)
 
 
@@ -192,7 +192,7 @@ def _uni_bh(x: Tensor, hist: list[Tensor], t_hist: list[float], t_next: float, v
           order=3, type="ODE", steps="multi", nfe_per_step=1)
 def unipc(denoiser, x, sigmas, *, noise=None, callback=None, order: int = 2,
           variant: str = "bh2", corrector: bool = True) -> Tensor:
-    """UniPC: UniP-p predictor; UniC corrects each step with the next evaluation for free."""
+    """UniPC (Zhao et al. 2023, Alg. 1-3): UniP-p predictor, UniC corrector at no extra nfe."""
     _check_order("unipc", order, range(1, 4))
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unipc variant must be 'bh1' or 'bh2', got {variant!r}")

@@ -88,7 +88,7 @@ def dpm_2(denoiser, x, sigmas, *, noise=None, callback=None, s_churn: float = 0.
 @register(paper="no paper: ComfyUI community sampler (Heun with a third, sigma-weighted stage)",
           order=1, type="ODE", steps="single", nfe_per_step=3)
 def heunpp2(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
-    """Heun++ (ComfyUI heunpp2): Euler slopes at sigma, sigma_next, sigma_next2 mixed by weight.
+    """Heun++ (ComfyUI heunpp2, no paper): Euler slopes at three sigmas, sigma-weighted.
 
     The weights sigma_j / (k sigma_0) make it consistent but not second order: a heuristic.
     """

@@ -25,7 +25,7 @@ from sdlab.samplers.common import (
           type="SDE", steps="single", nfe_per_step=1)
 def euler_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                     s_noise: float = 1.0) -> Tensor:
-    """Ancestral Euler: an Euler step to sigma_down, then fresh noise of size sigma_up."""
+    """Ancestral Euler (Song et al. 2021 ancestral sampling): Euler to sigma_down + noise."""
     noise = noise_or_default(noise, x)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = denoise(denoiser, x, sigma)
@@ -44,7 +44,7 @@ def euler_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: floa
           type="SDE", steps="single", nfe_per_step=2)
 def dpm_2_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                     s_noise: float = 1.0) -> Tensor:
-    """Ancestral DPM-Solver-2: a log-sigma midpoint step to sigma_down, then noise sigma_up."""
+    """Ancestral DPM-Solver-2 (Lu et al. 2022): log-sigma midpoint to sigma_down, noise sigma_up."""
     noise = noise_or_default(noise, x)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = denoise(denoiser, x, sigma)
@@ -65,7 +65,7 @@ def dpm_2_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: floa
           type="SDE", steps="single", nfe_per_step=2)
 def dpmpp_2s_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                        s_noise: float = 1.0) -> Tensor:
-    """DPM-Solver++(2S) to sigma_down (midpoint r = 1/2 in t), then ancestral noise sigma_up."""
+    """DPM-Solver++(2S) (Lu et al. 2022, Alg. 1) to sigma_down, then ancestral noise sigma_up."""
     noise = noise_or_default(noise, x)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = denoise(denoiser, x, sigma)
@@ -87,7 +87,7 @@ def dpmpp_2s_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, eta: f
           order=1, type="SDE", steps="single", nfe_per_step=2)
 def dpmpp_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
               s_noise: float = 1.0, r: float = 0.5) -> Tensor:
-    """DPM-Solver++ SDE: two ancestral DPM-Solver++ half-steps per step, Brownian-tree noise.
+    """DPM-Solver++ SDE (Lu et al. 2022): two ancestral half-steps per step, Brownian-tree noise.
 
     Without `noise` it draws from a Brownian tree seeded per sample, so the noise on an
     interval of sigma does not depend on how the schedule cuts it.
@@ -120,7 +120,7 @@ def dpmpp_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.
           order=1, type="SDE", steps="multi", nfe_per_step=1)
 def dpmpp_2m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                  s_noise: float = 1.0, solver_type: str = "midpoint") -> Tensor:
-    """DPM-Solver++(2M) SDE: exact linear part with noise injection, midpoint or heun correction."""
+    """DPM-Solver++(2M) SDE (Lu et al. 2022): 2M under the SDE, midpoint or heun correction."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"dpmpp_2m_sde solver_type must be 'midpoint' or 'heun', "
                          f"got {solver_type!r}")
@@ -152,7 +152,7 @@ def dpmpp_2m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float =
           order=1, type="SDE", steps="multi", nfe_per_step=1)
 def dpmpp_3m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float = 1.0,
                  s_noise: float = 1.0) -> Tensor:
-    """DPM-Solver++(3M) SDE: quadratic extrapolation of D under the SDE's faster decay (1 + eta).
+    """DPM-Solver++(3M) SDE (Lu et al. 2022): quadratic extrapolation of D, decay rate 1 + eta.
 
     Uses the exact weights of `dpmpp_3m` (k-diffusion's version halves the second-difference
     term), so with eta = 0 it is `dpmpp_3m`.
@@ -179,7 +179,7 @@ def dpmpp_3m_sde(denoiser, x, sigmas, *, noise=None, callback=None, eta: float =
 @register(paper="Ho et al. 2020, DDPM (ancestral sampling from the posterior, eq. 6-7)", order=1,
           type="SDE", steps="single", nfe_per_step=1)
 def ddpm(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
-    """DDPM ancestral sampling: draw x_next from the posterior q(x_next | x, x0 = D(x)).
+    """DDPM ancestral sampling (Ho et al. 2020, eq. 6-7): x_next ~ q(x_next | x, x0 = D(x)).
 
     In VE form the posterior has mean D + (sigma_next / sigma)^2 (x - D) and variance
     sigma_next^2 (1 - sigma_next^2 / sigma^2): DDIM with eta = 1.
@@ -200,7 +200,7 @@ def ddpm(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
 @register(paper="Luo et al. 2023, Latent Consistency Models (multistep sampling, Alg. 1 of "
           "Song et al. 2023)", order=1, type="SDE", steps="single", nfe_per_step=1)
 def lcm(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
-    """Consistency multistep sampling: jump to the x0 estimate, re-noise to sigma_next."""
+    """Consistency multistep sampling (Song et al. 2023, Alg. 1; LCM): x0 estimate, re-noise."""
     noise = noise_or_default(noise, x)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = denoise(denoiser, x, sigma)
