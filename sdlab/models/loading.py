@@ -116,7 +116,8 @@ def load(source: str, *, family: str = "auto", dtype: torch.dtype = torch.float3
             index = json.loads((path / "model_index.json").read_text())
             family = family_of(index) if family == "auto" else family
             pipe = _pipeline_class(family).from_pretrained(
-                str(path), use_safetensors=safe, **common, **_extra_kwargs(family))
+                str(path), use_safetensors=safe, variant=variant, **common,
+                **_extra_kwargs(family))
         else:
             pipe, family = _load_single_file(path, family, allow_pickle, config,
                                              original_config, common)
