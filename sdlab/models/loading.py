@@ -175,6 +175,9 @@ def _load_hub(repo: str, family: str, safe: bool | None, variant: str | None,
                  f"{repo}`)" if common["local_files_only"] else
                  "check the hub id, your network and, for gated models, your login; or set "
                  "`path` to a local folder")
+        if "safetensors" in str(err) and safe:
+            where = ("it has no safetensors weights, and pickle weights can run arbitrary code; "
+                     "set allow_pickle: true if you trust the source")
         raise ModelLoadError(
             f"could not load model {repo!r} ({type(err).__name__}): {where}") from err
     return pipe, family
