@@ -65,7 +65,11 @@ class Denoiser:
         if self.sigmas is None:
             raise ValueError(f"{type(self).__name__} is not a discrete model: it has no "
                              "training timesteps")
-        return self.sigmas.to(torch.float64).log()
+        cached = getattr(self, "_log_sigmas_cache", None)
+        if cached is None or cached[0] is not self.sigmas:
+            cached = (self.sigmas, self.sigmas.to(torch.float64).log())
+            self._log_sigmas_cache = cached
+        return cached[1]
 
 
 class DenoiserWrapper(Denoiser):
