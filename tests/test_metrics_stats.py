@@ -11,6 +11,7 @@ from sdlab.metrics.stats import (
     GaussianStats,
     fd_replicates,
     frechet_distance,
+    kernel_sum_offdiag,
     kid_kernel,
     mmd2_replicates,
     rbf_kernel,
@@ -205,3 +206,31 @@ def test_fd_and_kid_agree_with_torchmetrics_on_the_same_features():
     kid.update(ty, real=False)
     ours = mmd2_replicates(tx, ty, torch.ones(1, 300), kid_kernel)
     assert float(ours[0]) == pytest.approx(float(kid.compute()[0]), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_kid_bootstrap_interval_covers_known_kid_at_nominal_rate():
+    # zero-mean Gaussians: E (x.y/d + 1)^3 = 1 + 3 tr(A B) / d^2, so KID = 3 |C1 - C2|_F^2 / d^2
+    d, n, m, trials, level = 4, 400, 20_000, 200, 0.9
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    c1 = a @ a.T / d + 0.5 * torch.eye(d, dtype=torch.float64)
+    truth = 3 * float((c1 - torch.eye(d, dtype=torch.float64)).square().sum()) / d**2
+    ref = torch.randn(m, d, generator=g, dtype=torch.float64)  # large: its own noise is small
+    ref_term = kernel_sum_offdiag(ref, kid_kernel, 4096) / (m * (m - 1))
+
+    class KID(Metric):
+        def __init__(self, y):
+            self.y, self.image_ids = y, list(range(len(y)))
+
+        def replicates(self, counts):
+            return {"kid": mmd2_replicates(ref, self.y, counts, kid_kernel, ref_term, 4096)}
+
+    chol, hits = torch.linalg.cholesky(c1), 0
+    for t in range(trials):
+        y = torch.randn(n, d, generator=g, dtype=torch.float64) @ chol.T
+        lo, hi = KID(y).intervals(level, n_boot=150, seed=t)["kid"]
+        hits += lo <= truth <= hi
+    rate = hits / trials
+    print(f"KID: coverage of the nominal {level} interval {rate:.3f} ({trials} trials)")
+    assert abs(rate - level) < 0.06, rate
