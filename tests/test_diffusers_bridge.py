@@ -43,6 +43,7 @@ from sdlab import samplers
 from sdlab.models.gmm import GaussianMixture, GMMDenoiser
 from sdlab.noise import SeededNoise, generators, randn
 from sdlab.registry import UnknownNameError
+from sdlab.samplers.brownian import brownian_noise
 from sdlab.samplers.common import exp_adams_coefficients, lagrange_weights, t_of
 from sdlab.samplers.diffusers_bridge import (
     UNFIT,
@@ -229,13 +230,18 @@ def test_ddim_without_alpha_to_one_stops_at_the_first_training_sigma():
 
 def test_dpmpp_sde_matches_dpm_solver_sde(monkeypatch):
     """DPMSolverSDEScheduler imports torchsde (not installed) for its Brownian tree; with a
-    stand-in module it imports, and both samplers get the same per-sample noise stream."""
+    stand-in module it imports, and its noise sampler becomes the Brownian tree dpmpp_sde
+    builds from the same per-sample noise stream."""
     monkeypatch.setitem(sys.modules, "torchsde", types.ModuleType("torchsde"))
     module = importlib.import_module("diffusers.schedulers.scheduling_dpmsolver_sde")
-    gens = generators(SEEDS)
-    randn(gens, GMM.shape, dtype=torch.float64)
-    noise = SeededNoise(gens, torch.zeros(len(SEEDS), *GMM.shape, dtype=torch.float64))
-    monkeypatch.setattr(module, "BrownianTreeNoiseSampler", lambda *args: noise)
+
+    def tree(sample, sigma_min, sigma_max, seed):
+        gens = generators(SEEDS)
+        randn(gens, GMM.shape, dtype=torch.float64)  # the initial latent
+        ends = torch.tensor([float(sigma_max), float(sigma_min)], dtype=torch.float64)
+        return brownian_noise(sample, ends, SeededNoise(gens, sample))
+
+    monkeypatch.setattr(module, "BrownianTreeNoiseSampler", tree)
     scheduler = module.DPMSolverSDEScheduler(beta_start=0.00085, beta_end=0.012,
                                              beta_schedule="scaled_linear",
                                              use_karras_sigmas=True)

@@ -12,7 +12,7 @@ the node's position, so any query order gives the same path and nothing global i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -86,9 +86,18 @@ class BrownianTreeNoise:
         return torch.stack(draws).to(self.dtype).to(self.device)
 
 
-def brownian_noise(x: Tensor, sigmas: Tensor, seeds: Sequence[int] | None = None
+def brownian_noise(x: Tensor, sigmas: Tensor, noise: Callable[[float, float], Tensor] | None = None
                    ) -> BrownianTreeNoise:
-    """A Brownian tree over a schedule's nonzero range, seeded per sample (default seeds)."""
-    seeds = range(DEFAULT_NOISE_SEED, DEFAULT_NOISE_SEED + len(x)) if seeds is None else seeds
+    """A Brownian tree over a schedule's nonzero range, one path per sample.
+
+    Its seeds come from one draw of `noise` (the bits of each sample's first two values), so
+    the paths follow the caller's per-sample seeds; without `noise`, from default seeds.
+    """
     nonzero = sigmas[sigmas > 0]
-    return BrownianTreeNoise(seeds, x, float(nonzero.min()), float(nonzero.max()))
+    lo, hi = float(nonzero.min()), float(nonzero.max())
+    if noise is None:
+        seeds = list(range(DEFAULT_NOISE_SEED, DEFAULT_NOISE_SEED + len(x)))
+    else:
+        bits = noise(hi, lo).flatten(1)[:, :2].double().view(torch.int64).tolist()
+        seeds = [_mix(a & MASK64, b & MASK64) for a, b in bits]
+    return BrownianTreeNoise(seeds, x, lo, hi)
