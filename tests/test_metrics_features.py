@@ -177,6 +177,15 @@ def test_paired_difference_of_feature_metrics(tmp_path):
     assert out["fd_toy"][1] > 0  # the shift is detected
 
 
+def test_mmd_interval_of_few_images_is_finite():
+    # with 3 images some resamples draw one image 3 times: no distinct pair, an undefined MMD
+    model = build_gmm(shape=(2, 2), components=2, seed=0)
+    metric = build(OmegaConf.load(CONFIGS / "gmm.yaml"), model=model)["mmd_exact"]
+    metric.update(_batch(model.gmm.sample(3, torch.Generator().manual_seed(0))))
+    lo, hi = metric.intervals(n_boot=200)["mmd_exact"]
+    assert math.isfinite(lo) and math.isfinite(hi)
+
+
 def test_mixture_kernel_means_match_monte_carlo():
     gmm = GaussianMixture.random((2, 2), components=3, seed=1)
     x = torch.randn(5, 4, dtype=torch.float64)

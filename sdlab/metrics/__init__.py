@@ -63,8 +63,15 @@ class Metric:
 
 
 def percentile_interval(values: Tensor, level: float) -> tuple[float, float]:
-    """The central `level` percentile interval of bootstrap replicates."""
-    lo, hi = torch.quantile(values.cpu().to(torch.float64),
+    """The central `level` percentile interval of bootstrap replicates.
+
+    Undefined replicates (NaN: e.g. an MMD of a resample that drew one image n times, which
+    has no pair of distinct images) are left out."""
+    values = values.cpu().to(torch.float64)
+    values = values[torch.isfinite(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    lo, hi = torch.quantile(values,
                             torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return float(lo), float(hi)
 
