@@ -106,6 +106,10 @@ def test_wandb_offline_run_holds_config_metrics_and_image(tmp_path):
                       "model.components=2")
     result = run(cfg, tmp_path)
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.time() + 60  # wandb's service process may still be flushing the file
+    while "exit" not in (kinds := [r.WhichOneof("record_type") for r in records(run_file)]):
+        assert time.time() < deadline, f"the run file never closed: {kinds}"
+        time.sleep(0.2)
     recs = records(run_file)
     (run_rec,) = [r.run for r in recs if r.WhichOneof("record_type") == "run"]
     config = {item.key: json.loads(item.value_json) for item in run_rec.config.update}

@@ -24,7 +24,7 @@ def records(path: Path) -> list[wandb_internal_pb2.Record]:
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
         pos += HEADER
-        if kind == 0 and length == 0:
+        if (kind == 0 and length == 0) or pos + length > len(data):  # end, or still writing
             break
         chunk += data[pos:pos + length]
         pos += length
