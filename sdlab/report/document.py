@@ -36,6 +36,12 @@ def render(sweep: Sweep, figures: list[Entry], table_md: str, notes: str | None)
         "intervals: 95% percentile bootstrap over the generated images "
         "(tables show +- half the interval width; tables/results.csv has both bounds)",
     ])
+    for metric in sweep.metric_names():
+        outside = [p for p in ok if metric in p.metrics and p.ci(metric) is not None
+                   and not p.ci(metric)[0] <= p.metrics[metric] <= p.ci(metric)[1]]
+        if outside:
+            lines.append(f"- warning: the interval of `{metric}` excludes its own estimate at "
+                         f"{len(outside)} of {len(ok)} points: treat its intervals as suspect")
     for p in failed:
         lines.append(f"- failed: {sweep.label(p)}, {p.steps} steps: {p.result.get('error')}")
     lines += ["", "## Metric fingerprint", ""]

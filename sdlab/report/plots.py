@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from sdlab.report import style as st
 from sdlab.report.data import Point, Sweep, fmt, lower_is_better
@@ -31,7 +31,7 @@ def series_style(sweep: Sweep, point: Point) -> st.Style:
     varying = sweep.varying()
     if "sampler" not in varying and "schedule" in varying:
         return st.style("schedule", point.field("schedule"))
-    dash = 0
+    dash = None
     if "schedule" in varying:
         dash = sorted({p.field("schedule") for p in sweep.ok}).index(point.field("schedule"))
     return st.style("sampler", point.field("sampler"), dash)
@@ -47,8 +47,10 @@ def _scale_tag(scale: float | None) -> str:
 
 
 def _log_nfe_axis(ax: Axes, nfes: Sequence[float]) -> None:
+    """Log-2 nfe axis, ticked at the measured nfe values when there are few of them."""
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(LogLocator(base=2))
+    values = sorted(set(nfes))
+    ax.xaxis.set_major_locator(FixedLocator(values) if len(values) <= 6 else LogLocator(base=2))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(min(nfes) / 1.15, max(nfes) * 1.15)
@@ -70,18 +72,30 @@ def _height(n_series: int) -> float:
     return 2.0 + (0.12 * ((n_series + 1) // 2) if n_series > 1 else 0.0)
 
 
+BANDS_UP_TO = 6  # series; beyond, overlapping bands hide each other: thin error bars
+
+
+def ci_caption(n_series: int) -> str:
+    return "bands" if n_series <= BANDS_UP_TO else "error bars"
+
+
 def _band_line(ax: Axes, sweep: Sweep, points: list[Point], x: list[float], metric: str,
-               label: str) -> list[float]:
-    """One series: line with markers and a CI band; returns every y drawn (for the scale)."""
+               label: str, n_series: int) -> list[float]:
+    """One series: line with markers and its CIs; returns every y drawn (for the scale)."""
     s = series_style(sweep, points[0])
     y = [p.metrics[metric] for p in points]
     ax.plot(x, y, color=s.color, marker=s.marker, linestyle=s.linestyle, label=label)
     cis = [p.ci(metric) for p in points]
-    if all(cis):
-        lo, hi = [c[0] for c in cis], [c[1] for c in cis]
+    if not all(cis):
+        return y
+    lo, hi = [c[0] for c in cis], [c[1] for c in cis]
+    if n_series <= BANDS_UP_TO:
         ax.fill_between(x, lo, hi, color=s.color, alpha=0.18, linewidth=0)
-        return y + lo + hi
-    return y
+    else:
+        err = [[max(v - a, 0.0) for v, a in zip(y, lo, strict=True)],
+               [max(b - v, 0.0) for v, b in zip(y, hi, strict=True)]]
+        ax.errorbar(x, y, yerr=err, fmt="none", ecolor=s.color, elinewidth=0.6, capsize=0)
+    return y + lo + hi
 
 
 def nfe_figures(sweep: Sweep, out: Path, skip: Sequence[str] = ()) -> list[Entry]:
@@ -101,7 +115,7 @@ def nfe_figures(sweep: Sweep, out: Path, skip: Sequence[str] = ()) -> list[Entry
             ys = []
             for points in series.values():
                 ys += _band_line(ax, sweep, points, [p.nfe for p in points], metric,
-                                 sweep.label(points[0]))
+                                 sweep.label(points[0]), len(series))
             _log_nfe_axis(ax, [p.nfe for g in series.values() for p in g])
             _maybe_log_y(ax, ys)
             ax.set_ylabel(metric_label(metric))
@@ -112,7 +126,7 @@ def nfe_figures(sweep: Sweep, out: Path, skip: Sequence[str] = ()) -> list[Entry
             st.save(fig, out, stem)
             entries.append(Entry(stem, f"{metric} vs nfe" + (
                 f" at guidance scale {fmt(scale, 3)}" if scale is not None else "")
-                + "; bands: 95% bootstrap CI."))
+                + f"; {ci_caption(len(series))}: 95% bootstrap CI."))
     return entries
 
 
@@ -132,15 +146,16 @@ def guidance_figures(sweep: Sweep, out: Path) -> list[Entry]:
                 if points:
                     nfe = f"{points[0].nfe:g}"
                     _band_line(ax, sweep, points, [p.scale for p in points], metric,
-                               f"{sweep.label(points[0])} (nfe {nfe})")
+                               f"{sweep.label(points[0])} (nfe {nfe})", len(groups))
             ax.set_xlabel("guidance scale w (1 = no guidance)")
             ax.set_ylabel(metric_label(metric))
             ax.set_title(f"{steps} steps")
             _legend(fig, ax, len(groups))
             stem = f"guidance_{metric}_steps{steps}"
             st.save(fig, out, stem)
-            entries.append(Entry(stem, f"{metric} vs guidance scale at {steps} steps "
-                                       "(legend: nfe per image); bands: 95% bootstrap CI."))
+            entries.append(Entry(stem, f"{metric} vs guidance scale at {steps} steps (legend: "
+                                       f"nfe per image); {ci_caption(len(groups))}: 95% "
+                                       "bootstrap CI."))
     return entries
 
 
@@ -234,7 +249,7 @@ def convergence_figures(sweep: Sweep, out: Path) -> list[Entry]:
                 if fit is not None:
                     slope, idx = fit
                     label += f" (slope {slope:.2f})".replace("-", "\u2212")
-                ys += _band_line(ax, sweep, points, x, metric, label)
+                ys += _band_line(ax, sweep, points, x, metric, label, len(series))
                 if fit is not None:
                     xs = np.array([x[i] for i in idx])
                     c = np.mean(np.log([y[i] for i in idx]) - slope * np.log(xs))
@@ -250,5 +265,6 @@ def convergence_figures(sweep: Sweep, out: Path) -> list[Entry]:
             st.save(fig, out, stem)
             entries.append(Entry(stem, f"{metric} vs nfe, log-log; legend: least-squares "
                                        "slope of log error on log nfe over the larger-nfe "
-                                       "half of each curve (dotted); bands: 95% bootstrap CI."))
+                                       "half of each curve, at least 3 points (dotted); "
+                                       f"{ci_caption(len(series))}: 95% bootstrap CI."))
     return entries

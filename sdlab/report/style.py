@@ -1,9 +1,11 @@
 """One print-ready figure style, a fixed colour and marker per sampler, byte-stable saving.
 
-Colours are Paul Tol's colour-blind-safe "muted" set; markers cycle with a coprime period,
-so the first 63 names of a registry each get a distinct (colour, marker) pair. A sampler's
-pair is fixed by its position in the sampler registry (then the diffusers schedulers), so
-it is the same in every figure of every report; a schedule's pair by the schedule registry.
+Colours are Paul Tol's colour-blind-safe "muted" set (9); the line style changes every 9
+names and markers cycle with a coprime period (7), so each of the first 36 names of a
+registry has its own (colour, line style) and its own (colour, marker). A sampler's style
+is fixed by its position in the sampler registry (then the diffusers schedulers), so it is
+the same in every figure of every report; a schedule's by the schedule registry. When both
+sampler and schedule vary, the line style shows the schedule instead.
 """
 
 from __future__ import annotations
@@ -76,10 +78,12 @@ def index(kind: str, name: str) -> int:
     return len(order) + sum(ord(c) for c in name)  # stable for a user's own sampler
 
 
-def style(kind: str, name: str, linestyle_of: int = 0) -> Style:
+def style(kind: str, name: str, dash: int | None = None) -> Style:
+    """The fixed style of a registered name; `dash` overrides its line style."""
     i = index(kind, name)
+    dash = i // len(PALETTE) if dash is None else dash
     return Style(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)],
-                 LINESTYLES[linestyle_of % len(LINESTYLES)])
+                 LINESTYLES[dash % len(LINESTYLES)])
 
 
 @contextmanager
