@@ -37,7 +37,7 @@ def main() -> None:
 def list_main(argv: list[str] | None = None) -> None:
     """Print every sampler, schedule, diffusers scheduler, guidance rule, model and metric."""
     from sdlab import guidance, samplers, schedules
-    from sdlab.samplers.diffusers_bridge import scheduler_names
+    from sdlab.samplers.diffusers_bridge import UNFIT, scheduler_names
 
     groups = ("samplers", "schedules", "schedulers", "guidance", "models", "metrics")
     parser = argparse.ArgumentParser(prog="sdlab-list", description=list_main.__doc__)
@@ -66,7 +66,8 @@ def list_main(argv: list[str] | None = None) -> None:
     tables = {
         "samplers": lambda: registry_rows(samplers.registry),
         "schedules": lambda: registry_rows(schedules.registry),
-        "schedulers": lambda: [(n, "diffusers scheduler (sampler=diffusers)")
+        "schedulers": lambda: [(n, f"not bridged: {UNFIT[n]}" if n in UNFIT else
+                                "sampler=diffusers sampler.scheduler=" + n)
                                for n in scheduler_names()],
         "guidance": lambda: registry_rows(guidance.registry),
         "models": lambda: config_rows("model"),

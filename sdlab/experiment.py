@@ -59,8 +59,10 @@ def _instantiate_named(node: DictConfig) -> Any:
 
 def build_sampling(cfg: DictConfig) -> NativeSampling | DiffusersSampling:
     if "scheduler" in cfg.sampler:
-        return DiffusersSampling(cfg.sampler.scheduler, OmegaConf.to_container(
-            cfg.sampler.get("config") or {}, resolve=True))
+        return DiffusersSampling(
+            cfg.sampler.scheduler,
+            OmegaConf.to_container(cfg.sampler.get("config") or {}, resolve=True),
+            OmegaConf.to_container(cfg.sampler.get("step") or {}, resolve=True))
     return NativeSampling(_instantiate_named(cfg.sampler), _instantiate_named(cfg.schedule),
                           cfg.sampler.name, cfg.schedule.name)
 

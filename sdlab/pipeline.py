@@ -52,6 +52,7 @@ class DiffusersSampling:
 
     scheduler: str
     config: dict[str, Any] = field(default_factory=dict)
+    step_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. DDIM's eta
     _made: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def make(self, model: Model):
@@ -67,7 +68,7 @@ class DiffusersSampling:
     def run(self, model: Model, denoiser: Denoiser, z: Tensor, gens: Sequence[torch.Generator],
             steps: int, callback: Callable[[dict], None] | None = None) -> Tensor:
         return sample_diffusers(denoiser, z, self.make(model), steps, generators=gens,
-                                callback=callback)
+                                callback=callback, step_kwargs=self.step_kwargs)
 
 
 Sampling = NativeSampling | DiffusersSampling
