@@ -14,6 +14,7 @@ from sdlab.cli import CONFIG_DIR
 from sdlab.experiment import ConfigError, run
 from sdlab.results import point_key
 
+ANALYTIC = ["model=gmm", "metrics=gmm", "prompts=none"]
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
 
 
@@ -29,8 +30,8 @@ def results(root: Path) -> dict[str, dict]:
 
 def test_sweep_writes_results_and_rerun_skips(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", f"hydra.sweep.dir={sweep}", "sampler=euler,heun,dpmpp_2m", "steps=4,8,16",
-            "n_images=16", "logger=none", "~metrics.fd_exact", "~metrics.mmd_exact"]
+    args = ["-m", f"hydra.sweep.dir={sweep}", *ANALYTIC, "sampler=euler,heun,dpmpp_2m",
+            "steps=4,8,16", "n_images=16", "logger=none", "~metrics.fd_exact", "~metrics.mmd_exact"]
     first = sdlab(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     found = results(sweep)
@@ -57,7 +58,7 @@ def test_sweep_writes_results_and_rerun_skips(tmp_path):
 def compose_cfg(tmp_path, *overrides):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("config", overrides=[f"results_root={tmp_path}", "logger=none",
-                                            "n_images=8", *overrides])
+                                            "n_images=8", *ANALYTIC, *overrides])
 
 
 def test_run_in_process_and_key(tmp_path):
@@ -92,6 +93,6 @@ def test_unknown_choices_list_valid_ones(tmp_path, override, listed):
 
 
 def test_cli_error_is_one_line(tmp_path):
-    out = sdlab("steps=0", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    out = sdlab("steps=0", *ANALYTIC, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "sdlab: error: steps must be >= 1, got 0"

@@ -21,7 +21,8 @@ TESTS = Path(__file__).parent
 # one thread per process: these tests run several sdlab processes side by side
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
 # the exact ODE error alone keeps each point cheap
-SWEEP = ["sampler=euler,dpmpp_2m", "steps=3,6", "n_images=8", "logger=none",
+ANALYTIC = ["model=gmm", "metrics=gmm", "prompts=none"]
+SWEEP = [*ANALYTIC, "sampler=euler,dpmpp_2m", "steps=3,6", "n_images=8", "logger=none",
          "~metrics.fd_exact", "~metrics.mmd_exact"]
 
 
@@ -87,7 +88,8 @@ def test_two_joblib_workers_share_a_sweep(tmp_path):
 
 def test_nan_point_is_recorded_failed_and_sweep_continues(tmp_path):
     sweep = tmp_path / "sweep"
-    finish(sdlab("-m", f"hydra.sweep.dir={sweep}", "n_images=4", "steps=3", "logger=none",
+    finish(sdlab("-m", f"hydra.sweep.dir={sweep}", *ANALYTIC, "n_images=4", "steps=3",
+                 "logger=none",
                  "sampler._target_=test_runner.nan_sampler,sdlab.samplers.ode.euler",
                  cwd=tmp_path))
     status = {r["config"]["sampler"]["_target_"]: r for r in results(sweep)}
@@ -98,7 +100,8 @@ def test_nan_point_is_recorded_failed_and_sweep_continues(tmp_path):
 
 def compose_cfg(root, *overrides):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"results_root={root}", "n_images=4", *overrides])
+        return compose("config", overrides=[f"results_root={root}", "n_images=4", *ANALYTIC,
+                                            *overrides])
 
 
 def test_wandb_offline_run_holds_config_metrics_and_image(tmp_path):
@@ -138,8 +141,8 @@ def test_gpu_requested_without_one_fails_before_work(tmp_path):
 
 
 def test_torchrun_two_processes_match_one(tmp_path):
-    point = ["n_images=12", "batch_size=2", "steps=4", "logger=none", "sampler=euler_ancestral",
-             "~metrics.mmd_exact"]
+    point = [*ANALYTIC, "n_images=12", "batch_size=2", "steps=4", "logger=none",
+             "sampler=euler_ancestral", "~metrics.mmd_exact"]
     one = finish(sdlab(f"hydra.sweep.dir={tmp_path / 'one'}", *point, cwd=tmp_path))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "-m", "sdlab",
