@@ -57,6 +57,12 @@ class Point:
         return int(self.result["steps"])
 
     @property
+    def level(self) -> tuple[str, int]:
+        """What the sweep held fixed for this point: its nfe budget if it had one, else steps."""
+        budget = (self.result.get("config") or {}).get("nfe")
+        return ("nfe", int(budget)) if budget is not None else ("steps", self.steps)
+
+    @property
     def scale(self) -> float | None:
         """The guidance scale, or None for an unconditional model."""
         guidance = self.result.get("guidance") or {}
@@ -127,8 +133,8 @@ class Sweep:
     def scales(self) -> list[float | None]:
         return sorted({p.scale for p in self.ok}, key=lambda s: -1.0 if s is None else s)
 
-    def steps(self) -> list[int]:
-        return sorted({p.steps for p in self.ok})
+    def levels(self) -> list[tuple[str, int]]:
+        return sorted({p.level for p in self.ok})
 
     @property
     def name(self) -> str:
@@ -197,6 +203,12 @@ def commands(sweep: Sweep) -> list[str]:
         if not any(all(k in c and v <= c[k] for k, v in mapping.items()) for c in covers):
             lines.append(shlex.join(["sdlab", *own]))
     return list(dict.fromkeys(lines))
+
+
+def level_text(level: tuple[str, int]) -> str:
+    """`nfe 15` for an nfe budget, `15 steps` for a step count."""
+    kind, value = level
+    return f"nfe {value}" if kind == "nfe" else f"{value} steps"
 
 
 def fmt(value: float, digits: int) -> str:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from sdlab.report import style as st
-from sdlab.report.data import Point, Sweep, fmt
+from sdlab.report.data import Point, Sweep, fmt, level_text
 from sdlab.report.plots import Entry
 
 SEEDS_SHOWN = 4  # images per grid cell, the first seeds of the sweep, as a 2 x 2 tile
@@ -87,36 +87,38 @@ def _cell_axes(fig, rows: int, cols: int):
 
 
 def grid_figures(sweep: Sweep, out: Path) -> list[Entry]:
-    """One figure per guidance scale: rows are series, columns step counts."""
+    """One figure per guidance scale: rows are series, columns step counts (or nfe budgets)."""
     entries = []
     for scale in sweep.scales():
         have = [p for p in sweep.ok if p.scale == scale and (p.job_dir / "grid.png").is_file()]
         if not have:
             continue
         groups = sweep.series(have)
-        steps = sorted({p.steps for p in have})
-        cell = min(0.75, (st.COLUMN_WIDTH - 0.9) / len(steps))
-        fig = st.figure(0.35 + cell * 1.1 * len(groups), width=0.9 + cell * len(steps))
-        axes = _cell_axes(fig, len(groups), len(steps))
+        levels = sorted({p.level for p in have})
+        cell = min(0.75, (st.COLUMN_WIDTH - 0.9) / len(levels))
+        fig = st.figure(0.35 + cell * 1.1 * len(groups), width=0.9 + cell * len(levels))
+        axes = _cell_axes(fig, len(groups), len(levels))
         for r, points in enumerate(groups.values()):
             axes[r][0].set_ylabel(sweep.label(points[0]), rotation=0, ha="right", va="center",
                                   fontsize=6)
-            by_steps = {p.steps: p for p in points}
-            for c, n in enumerate(steps):
+            by_level = {p.level: p for p in points}
+            for c, level in enumerate(levels):
                 ax = axes[r][c]
                 if r == 0:
-                    ax.set_title(f"{n} steps", fontsize=6)
-                p = by_steps.get(n)
+                    ax.set_title(level_text(level), fontsize=6)
+                p = by_level.get(level)
                 if p is None:
                     continue
                 ax.imshow(tile(grid_images(p.job_dir / "grid.png", p.result["n_images"],
                                            SEEDS_SHOWN)), interpolation="nearest")
-                ax.set_xlabel(f"nfe {p.nfe:g}", fontsize=5, labelpad=1)
+                ax.set_xlabel(f"{p.steps} steps, nfe {p.nfe:g}", fontsize=5, labelpad=1)
         stem = "grid" + ("" if scale is None else f"_g{fmt(scale, 3)}")
         st.save(fig, out, stem)
         entries.append(Entry(stem, f"first {SEEDS_SHOWN} seeds (same in every cell) per "
-                                   "series and step count" + ("" if scale is None else
-                                   f", guidance scale {fmt(scale, 3)}") + "; nfe under each."))
+                                   "series and step count or nfe budget" + (
+                                       "" if scale is None else
+                                       f", guidance scale {fmt(scale, 3)}")
+                                   + "; steps and nfe under each."))
     return entries
 
 
@@ -131,13 +133,13 @@ def load_trajectory(point: Point) -> dict[str, torch.Tensor] | None:
 
 
 def trajectory_figures(sweep: Sweep, out: Path) -> list[Entry]:
-    """One strip per series and step count: the denoised prediction at up to 6 steps."""
+    """One strip per series at each step count (or nfe budget): up to 6 denoised predictions."""
     entries = []
     found = [(p, t) for p in sweep.ok if (t := load_trajectory(p)) is not None]
-    for steps in sorted({p.steps for p, _ in found}):
-        for scale in sorted({p.scale for p, _ in found if p.steps == steps},
+    for level in sorted({p.level for p, _ in found}):
+        for scale in sorted({p.scale for p, _ in found if p.level == level},
                             key=lambda s: -1.0 if s is None else s):
-            rows = [(p, t) for p, t in found if p.steps == steps and p.scale == scale]
+            rows = [(p, t) for p, t in found if p.level == level and p.scale == scale]
             rows.sort(key=lambda pt: sweep.series_key(pt[0]))
             cols = max(min(STEPS_SHOWN, len(t["i"])) for _, t in rows)
             cell = (st.COLUMN_WIDTH - 0.9) / cols
@@ -155,9 +157,9 @@ def trajectory_figures(sweep: Sweep, out: Path) -> list[Entry]:
                     axes[r][c].set_xlabel(f"i={int(t['i'][k])}, \u03c3={sigma}", fontsize=5,
                                           labelpad=1)
             tag = "" if scale is None else f"_g{fmt(scale, 3)}"
-            stem = f"trajectory_steps{steps}{tag}"
+            stem = f"trajectory_{''.join(map(str, level))}{tag}"
             st.save(fig, out, stem)
-            entries.append(Entry(stem, f"denoised prediction of the first seed along the "
-                                       f"sampler's steps ({steps} steps; step index i and "
-                                       "noise level sigma under each)."))
+            entries.append(Entry(stem, "denoised prediction of the first seed along the "
+                                       f"sampler's steps ({level_text(level)}; step index i "
+                                       "and noise level sigma under each)."))
     return entries

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from sdlab.report import style as st
-from sdlab.report.data import Point, Sweep, fmt, lower_is_better
+from sdlab.report.data import Point, Sweep, fmt, level_text, lower_is_better
 
 NFE_LABEL = "nfe (network evaluations per image)"
 
@@ -133,8 +133,8 @@ def nfe_figures(sweep: Sweep, out: Path, skip: Sequence[str] = ()) -> list[Entry
 def guidance_figures(sweep: Sweep, out: Path) -> list[Entry]:
     """Metric vs guidance scale per series, one figure per metric and step count."""
     entries = []
-    for steps in sweep.steps():
-        groups = sweep.series(p for p in sweep.ok if p.steps == steps and p.scale is not None)
+    for level in sweep.levels():
+        groups = sweep.series(p for p in sweep.ok if p.level == level and p.scale is not None)
         groups = {k: sorted(g, key=lambda p: p.scale) for k, g in groups.items()}
         if not any(len({p.scale for p in g}) > 1 for g in groups.values()):
             continue
@@ -143,19 +143,19 @@ def guidance_figures(sweep: Sweep, out: Path) -> list[Entry]:
             ax = fig.add_subplot()
             for points in groups.values():
                 points = [p for p in points if metric in p.metrics]
-                if points:
-                    nfe = f"{points[0].nfe:g}"
-                    _band_line(ax, sweep, points, [p.scale for p in points], metric,
-                               f"{sweep.label(points[0])} (nfe {nfe})", len(groups))
+                if points:  # at a fixed step count, samplers may differ in nfe: say so
+                    label = sweep.label(points[0]) + (
+                        f" (nfe {points[0].nfe:g})" if level[0] == "steps" else "")
+                    _band_line(ax, sweep, points, [p.scale for p in points], metric, label,
+                               len(groups))
             ax.set_xlabel("guidance scale w (1 = no guidance)")
             ax.set_ylabel(metric_label(metric))
-            ax.set_title(f"{steps} steps")
+            ax.set_title(level_text(level))
             _legend(fig, ax, len(groups))
-            stem = f"guidance_{metric}_steps{steps}"
+            stem = f"guidance_{metric}_{''.join(map(str, level))}"
             st.save(fig, out, stem)
-            entries.append(Entry(stem, f"{metric} vs guidance scale at {steps} steps (legend: "
-                                       f"nfe per image); {ci_caption(len(groups))}: 95% "
-                                       "bootstrap CI."))
+            entries.append(Entry(stem, f"{metric} vs guidance scale at {level_text(level)}; "
+                                       f"{ci_caption(len(groups))}: 95% bootstrap CI."))
     return entries
 
 
@@ -183,8 +183,8 @@ def tradeoff_figures(sweep: Sweep, out: Path) -> list[Entry]:
     if quality is None or align is None:
         return []
     entries = []
-    for steps in sweep.steps():
-        pts = [p for p in sweep.ok if p.steps == steps and p.scale is not None
+    for level in sweep.levels():
+        pts = [p for p in sweep.ok if p.level == level and p.scale is not None
                and quality in p.metrics and align in p.metrics]
         groups = {k: sorted(g, key=lambda p: p.scale) for k, g in sweep.series(pts).items()}
         if not any(len({p.scale for p in g}) > 1 for g in groups.values()):
@@ -208,12 +208,13 @@ def tradeoff_figures(sweep: Sweep, out: Path) -> list[Entry]:
                         textcoords="offset points", fontsize=5)
         ax.set_xlabel(metric_label(align))
         ax.set_ylabel(metric_label(quality))
-        ax.set_title(f"{steps} steps, curves over guidance scale w")
+        ax.set_title(f"{level_text(level)}, curves over guidance scale w")
         _legend(fig, ax, len(groups) + 1)
-        stem = f"tradeoff_{quality}_{align}_steps{steps}"
+        stem = f"tradeoff_{quality}_{align}_{''.join(map(str, level))}"
         st.save(fig, out, stem)
-        entries.append(Entry(stem, f"{quality} vs {align} over guidance scale at {steps} "
-                                   "steps; circled: the Pareto front over all points."))
+        entries.append(Entry(stem, f"{quality} vs {align} over guidance scale at "
+                                   f"{level_text(level)}; circled: the Pareto front over all "
+                                   "points."))
     return entries
 
 
