@@ -41,17 +41,22 @@ def vae_model(channels: tuple[int, ...] = (32, 64, 64)) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor, batch: int = 256) -> float:
-    """Mean PSNR (dB) of images in [0, 1] through encode (posterior mode) and decode."""
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Images in [0, 1] through encode (posterior mode) and decode, clamped to [0, 1]."""
+    was_training = vae.training
     vae.eval()
-    psnrs = []
-    for chunk in images.split(batch):
-        latents = vae.encode(to_model_range(chunk)).latent_dist.mode()
-        recon = (vae.decode(latents).sample / 2 + 0.5).clamp(0, 1)
-        mse = (recon - chunk).pow(2).flatten(1).mean(1)
-        psnrs.append(-10 * torch.log10(mse))
-    vae.train()
-    return torch.cat(psnrs).mean().item()
+    out = [
+        (vae.decode(vae.encode(to_model_range(c)).latent_dist.mode()).sample / 2 + 0.5).clamp(0, 1)
+        for c in images.split(batch)
+    ]
+    vae.train(was_training)
+    return torch.cat(out)
+
+
+def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor) -> float:
+    """Mean over images in [0, 1] of the PSNR (dB) of their reconstruction."""
+    mse = (reconstruct(vae, images) - images).pow(2).flatten(1).mean(1)
+    return (-10 * torch.log10(mse)).mean().item()
 
 
 @torch.no_grad()
