@@ -131,7 +131,7 @@ def test_tables_parse_back_to_the_results(sweep, report, fmt, parse):
         assert marked == [min(pair, key=lambda k: by_point[k]["metrics"][name])]
 
 
-def guided_copy(sweep: Path, dest: Path) -> Path:
+def guided_copy(sweep: Path, dest: Path, budget: int | None = None) -> Path:
     """The real sweep re-labelled as a guidance sweep (scales 1..3) with a CLIP-like score."""
     for k, path in enumerate(sorted(sweep.rglob("result.json"))):
         r = json.loads(path.read_text())
@@ -141,6 +141,7 @@ def guided_copy(sweep: Path, dest: Path) -> Path:
             job = dest / f"{path.parent.name},scale={scale}"
             job.mkdir(parents=True)
             r2 = {**r, "guidance": {"name": "cfg", "scale": scale},
+                  "config": {**r["config"], "nfe": budget},
                   "metrics": {"fd_exact": r["metrics"]["fd_exact"] * (1 + (scale - 2) ** 2),
                               "clip_score": 20 + 2 * scale + k},
                   "metrics_ci": {}}
@@ -155,6 +156,13 @@ def test_guidance_and_tradeoff_figures(sweep, tmp_path):
     assert {"guidance_fd_exact_steps8.png", "guidance_clip_score_steps8.png",
             "tradeoff_fd_exact_clip_score_steps8.png"} <= made
     assert not any(n.startswith("nfe_") for n in made)  # one nfe per series: no nfe figure
+
+
+def test_points_of_an_nfe_budget_share_figures(sweep, tmp_path):
+    """With an nfe budget the guidance figures group by budget, not by each sampler's steps."""
+    build(guided_copy(sweep, tmp_path / "guided", budget=15), tmp_path / "out")
+    made = {p.name for p in (tmp_path / "out" / "figures").glob("*.png")}
+    assert "guidance_fd_exact_nfe15.png" in made and not any("steps" in n for n in made)
 
 
 def test_pareto_front():

@@ -41,7 +41,8 @@ def render(sweep: Sweep, figures: list[Entry], table_md: str, notes: str | None)
                    and not p.ci(metric)[0] <= p.metrics[metric] <= p.ci(metric)[1]]
         if outside:
             lines.append(f"- warning: the interval of `{metric}` excludes its own estimate at "
-                         f"{len(outside)} of {len(ok)} points: treat its intervals as suspect")
+                         f"{len(outside)} of {len(ok)} points: treat its intervals as suspect "
+                         "(figures leave them out for those series)")
     for p in failed:
         lines.append(f"- failed: {sweep.label(p)}, {p.steps} steps: {p.result.get('error')}")
     lines += ["", "## Metric fingerprint", ""]

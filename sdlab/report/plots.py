@@ -49,8 +49,11 @@ def _scale_tag(scale: float | None) -> str:
 def _log_nfe_axis(ax: Axes, nfes: Sequence[float]) -> None:
     """Log-2 nfe axis, ticked at the measured nfe values when there are few of them."""
     ax.set_xscale("log", base=2)
-    values = sorted(set(nfes))
-    ax.xaxis.set_major_locator(FixedLocator(values) if len(values) <= 6 else LogLocator(base=2))
+    ticks: list[float] = []
+    for v in sorted(set(nfes)):  # skip a value too close to the last tick to be read apart
+        if not ticks or v / ticks[-1] >= 1.3:
+            ticks.append(v)
+    ax.xaxis.set_major_locator(FixedLocator(ticks) if len(ticks) <= 6 else LogLocator(base=2))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(min(nfes) / 1.15, max(nfes) * 1.15)
@@ -86,8 +89,8 @@ def _band_line(ax: Axes, sweep: Sweep, points: list[Point], x: list[float], metr
     y = [p.metrics[metric] for p in points]
     ax.plot(x, y, color=s.color, marker=s.marker, linestyle=s.linestyle, label=label)
     cis = [p.ci(metric) for p in points]
-    if not all(cis):
-        return y
+    if not all(cis) or not all(c[0] <= v <= c[1] for c, v in zip(cis, y, strict=True)):
+        return y  # no interval, or one that excludes its own estimate: draw none
     lo, hi = [c[0] for c in cis], [c[1] for c in cis]
     if n_series <= BANDS_UP_TO:
         ax.fill_between(x, lo, hi, color=s.color, alpha=0.18, linewidth=0)
