@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, default=ASSET_DIR)
     parser.add_argument("--n-real", type=int, default=1024)
     parser.add_argument(
-        "--n-generated", type=int, default=256, help="prompts: the first held-out captions"
+        "--n-generated", type=int, default=512, help="prompts: the first held-out captions"
     )
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[4.0, 1.0])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0, 7.5])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; 2 is full speed on a 2-core machine"
