@@ -24,6 +24,7 @@ from sdlab import distributed, tracking
 from sdlab import metrics as metrics_mod
 from sdlab.denoisers import Denoiser
 from sdlab.pipeline import DiffusersSampling, NativeSampling, NonFiniteError, generate
+from sdlab.report.images import TrajectoryRecorder
 from sdlab.results import Claimed, claim, find_result, point_key, write_atomic
 
 
@@ -121,13 +122,19 @@ def _generate_all(cfg, job_dir, model, sampling, rule, prompts, metrics, seeds, 
     nfes, uncond, grid = [], [], []
     bar = tqdm(total=len(seeds), desc=f"generate {cfg.sampler.name} {cfg.steps} steps",
                unit="img", leave=False, disable=rank != 0)
+    recorder = TrajectoryRecorder() if cfg.get("save_trajectory") and rank == 0 else None
     for idx in distributed.rounds(len(seeds), int(cfg.batch_size), rank, size):
         mine = None
         if idx:
             mine = next(generate(
                 model, sampling, int(cfg.steps), [seeds[i] for i in idx],
                 prompts=[prompts[i] for i in idx] if prompts else None,
-                negative_prompt=cfg.negative_prompt, guidance=rule, batch_size=len(idx)))
+                negative_prompt=cfg.negative_prompt, guidance=rule, batch_size=len(idx),
+                callback=recorder))
+            if recorder is not None:  # the first image's trajectory is enough for a strip
+                with torch.inference_mode():
+                    recorder.save(job_dir / "trajectory.pt", decode=model.decode)
+                recorder = None
         for batch in distributed.gather(mine, size):
             if batch is None or rank != 0:
                 continue
@@ -150,7 +157,7 @@ def _cache_outputs(batch, out: Path) -> None:
 
     out.mkdir(exist_ok=True)
     save_file({"latents": batch.latents.contiguous().cpu(),
-               "outputs": batch.outputs.contiguous().cpu(),
+               "outputs": batch.outputs.cpu().clone(),  # may be the latents themselves
                "seeds": torch.tensor(batch.seeds)}, out / f"batch_{batch.seeds[0]:08d}.safetensors")
 
 

@@ -173,3 +173,17 @@ def test_submitit_local_runs_the_sweep(tmp_path):
     finish(sdlab("-m", f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local", *SWEEP,
                  cwd=tmp_path))
     assert len(by_key(sweep)) == 4
+
+
+def test_saved_trajectory_and_outputs(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = compose_cfg(tmp_path, "logger=none", "steps=5", "model.shape=[3,4,4]",
+                      "batch_size=3", "save_trajectory=true", "save_outputs=true")
+    result = run(cfg, tmp_path)
+    traj = torch.load(tmp_path / "trajectory.pt")
+    assert traj["i"].tolist() == [0, 1, 2, 3, 4] and traj["denoised"].shape == (5, 3, 4, 4)
+    assert (traj["sigma"][:-1] > traj["sigma"][1:]).all()
+    saved = [load_file(p) for p in sorted((tmp_path / "outputs").glob("batch_*.safetensors"))]
+    assert [b["seeds"].tolist() for b in saved] == [[0, 1, 2], [3]]
+    assert result["n_images"] == 4
