@@ -144,7 +144,7 @@ def _flags(info: dict) -> str:
     a = info["args"]
     flags = f"--steps {a['steps']} --batch-size {a['batch_size']} --lr {a['lr']}"
     flags += f" --num-images {a['num_images']}"
-    if a["schedule_steps"]:
+    if a.get("schedule_steps"):
         flags += f" --schedule-steps {a['schedule_steps']}"
     if "channels" in a and not a.get("finetune_decoder"):
         flags += " --channels " + " ".join(map(str, a["channels"]))
