@@ -164,6 +164,8 @@ def _cache_outputs(batch, out: Path) -> None:
 def run(cfg: DictConfig, job_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one sweep point and return its result (also written to `job_dir/result.json`)."""
     validate(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     job_dir = Path(job_dir or os.getcwd())
     rank, size = distributed.world()
     sampling = build_sampling(cfg)

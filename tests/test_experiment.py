@@ -96,3 +96,18 @@ def test_cli_error_is_one_line(tmp_path):
     out = sdlab("steps=0", *ANALYTIC, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip() == "sdlab: error: steps must be >= 1, got 0"
+
+
+def test_default_point_runs_on_the_bundled_model(tmp_path, monkeypatch):
+    """The main job's defaults: bundled model, held-out prompts, its metrics, guidance."""
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "cache"))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"results_root={tmp_path}", "logger=none",
+                                           "n_images=8", "steps=6", "sampler=dpmpp_2m",
+                                           "metrics.clip.reference.n=256"])
+    result = run(cfg, tmp_path)
+    assert result["model"] == "tiny_shapes" and result["status"] == "ok"
+    assert result["cfg_on"] and result["nfe"] == 6 and result["uncond_evals"] == 6
+    assert {"fd_clip", "cmmd_clip", "clip_score", "shapes_accuracy"} <= set(result["metrics"])
+    assert result["metrics"]["shapes_accuracy"] >= 0.75  # the trained model draws its prompts
+    assert (tmp_path / "grid.png").is_file()

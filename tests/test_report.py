@@ -33,7 +33,8 @@ def sweep(tmp_path_factory) -> Path:
         for sampler, steps_list in (("euler", (3, 4, 8)), ("heun", (2, 4, 8))):
             for steps in steps_list:
                 cfg = compose("config", overrides=[
-                    f"results_root={root}", "logger=none", "n_images=4", "model.shape=[1,4,4]",
+                    f"results_root={root}", "logger=none", "n_images=4", "model=gmm",
+                    "metrics=gmm", "prompts=none", "model.shape=[1,4,4]",
                     "model.components=2",
                     f"sampler={sampler}", f"steps={steps}", "name=report_test"])
                 job = root / f"sampler={sampler},steps={steps}"
