@@ -24,7 +24,6 @@ from sdlab import distributed, tracking
 from sdlab import metrics as metrics_mod
 from sdlab.denoisers import Denoiser
 from sdlab.pipeline import DiffusersSampling, NativeSampling, NonFiniteError, generate
-from sdlab.report.images import TrajectoryRecorder
 from sdlab.results import Claimed, claim, find_result, point_key, write_atomic
 
 
@@ -122,7 +121,7 @@ def _generate_all(cfg, job_dir, model, sampling, rule, prompts, metrics, seeds, 
     nfes, uncond, grid = [], [], []
     bar = tqdm(total=len(seeds), desc=f"generate {cfg.sampler.name} {cfg.steps} steps",
                unit="img", leave=False, disable=rank != 0)
-    recorder = TrajectoryRecorder() if cfg.get("save_trajectory") and rank == 0 else None
+    recorder = tracking.TrajectoryRecorder() if cfg.get("save_trajectory") and rank == 0 else None
     for idx in distributed.rounds(len(seeds), int(cfg.batch_size), rank, size):
         mine = None
         if idx:

@@ -63,6 +63,28 @@ def finish(run: Any, result: dict[str, Any], grid: Path | None) -> None:
     run.finish(exit_code=0 if result["status"] == "ok" else 1)
 
 
+class TrajectoryRecorder:
+    """A sampler `callback` that keeps `denoised` of one image (index `image`) per step."""
+
+    def __init__(self, image: int = 0) -> None:
+        self.image = image
+        self.steps: list[tuple[int, float, torch.Tensor]] = []
+
+    def __call__(self, info: dict[str, Any]) -> None:
+        sigma = info["sigma"]
+        sigma = float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
+        self.steps.append((int(info["i"]), sigma, info["denoised"][self.image].detach().cpu()))
+
+    def save(self, path: str | Path, decode: Any = None) -> None:
+        """Write `trajectory.pt`; `decode` maps a [K, ...] latent stack to images in [0, 1]."""
+        denoised = torch.stack([d for _, _, d in self.steps]).float()
+        if decode is not None:
+            denoised = decode(denoised)
+        torch.save({"i": torch.tensor([i for i, _, _ in self.steps]),
+                    "sigma": torch.tensor([s for _, s, _ in self.steps], dtype=torch.float64),
+                    "denoised": denoised.clamp(0, 1)}, path)
+
+
 def save_grid(images: torch.Tensor, path: Path) -> Path | None:
     """Save an image grid (RGB or single-channel outputs in [0, 1]); other outputs have none."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):

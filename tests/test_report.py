@@ -16,8 +16,8 @@ from sdlab.experiment import run
 from sdlab.models.gmm import build as build_gmm
 from sdlab.report import build, main
 from sdlab.report.data import commands, load
-from sdlab.report.images import TrajectoryRecorder
 from sdlab.report.plots import pareto_front
+from sdlab.tracking import TrajectoryRecorder
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN_STUDIES = ("schedule_ablation", "sampler_shootout", "steps_vs_quality", "guidance_tradeoff")

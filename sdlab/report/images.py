@@ -6,7 +6,8 @@ Inputs are files in each point's job directory:
 - `trajectory.pt` (optional): `torch.save` of a dict with `i` (int64 [K], step indices),
   `sigma` (float64 [K], the noise level of each step) and `denoised` (float [K, C, H, W],
   C = 1 or 3, values in [0, 1]): the denoised prediction of the point's first image (seed
-  `seed`) at each recorded step. `TrajectoryRecorder` writes it from a sampler callback.
+  `seed`) at each recorded step. `sdlab.tracking.TrajectoryRecorder` writes it from a
+  sampler callback.
 Points without these files are left out of the image figures; no file, no figure.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,28 +26,6 @@ from sdlab.report.plots import Entry
 
 SEEDS_SHOWN = 4  # images per grid cell, the first seeds of the sweep, as a 2 x 2 tile
 STEPS_SHOWN = 6  # denoised predictions per trajectory strip
-
-
-class TrajectoryRecorder:
-    """A sampler `callback` that keeps `denoised` of one image (index `image`) per step."""
-
-    def __init__(self, image: int = 0) -> None:
-        self.image = image
-        self.steps: list[tuple[int, float, torch.Tensor]] = []
-
-    def __call__(self, info: dict[str, Any]) -> None:
-        sigma = info["sigma"]
-        sigma = float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
-        self.steps.append((int(info["i"]), sigma, info["denoised"][self.image].detach().cpu()))
-
-    def save(self, path: str | Path, decode: Any = None) -> None:
-        """Write `trajectory.pt`; `decode` maps a [K, ...] latent stack to images in [0, 1]."""
-        denoised = torch.stack([d for _, _, d in self.steps]).float()
-        if decode is not None:
-            denoised = decode(denoised)
-        torch.save({"i": torch.tensor([i for i, _, _ in self.steps]),
-                    "sigma": torch.tensor([s for _, s, _ in self.steps], dtype=torch.float64),
-                    "denoised": denoised.clamp(0, 1)}, path)
 
 
 def grid_images(path: Path, n_images: int, count: int) -> list[np.ndarray]:
