@@ -17,10 +17,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 def app(cfg: DictConfig) -> None:
     from hydra.errors import InstantiationException
 
+    from sdlab import distributed
     from sdlab.experiment import run
 
     try:
         run(cfg, HydraConfig.get().runtime.output_dir)
+        distributed.finish()
     except (ValueError, FileNotFoundError, InstantiationException) as err:
         # a config's factory failing reaches us wrapped by Hydra: report its own message
         cause = err.__cause__ if isinstance(err, InstantiationException) else err

@@ -41,3 +41,10 @@ def gather(obj: Any, size: int) -> list[Any]:
     out: list[Any] = [None] * size
     dist.all_gather_object(out, obj)
     return out
+
+
+def finish() -> None:
+    """Wait for every rank, then tear the process group down (gloo aborts at exit otherwise)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
