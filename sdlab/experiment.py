@@ -156,7 +156,7 @@ def _cache_outputs(batch, out: Path) -> None:
 
     out.mkdir(exist_ok=True)
     save_file({"latents": batch.latents.contiguous().cpu(),
-               "outputs": batch.outputs.cpu().clone(),  # may be the latents themselves
+               "outputs": batch.outputs.cpu().contiguous().clone(),  # may be the latents
                "seeds": torch.tensor(batch.seeds)}, out / f"batch_{batch.seeds[0]:08d}.safetensors")
 
 

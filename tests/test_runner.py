@@ -187,3 +187,19 @@ def test_saved_trajectory_and_outputs(tmp_path):
     saved = [load_file(p) for p in sorted((tmp_path / "outputs").glob("batch_*.safetensors"))]
     assert [b["seeds"].tolist() for b in saved] == [[0, 1, 2], [3]]
     assert result["n_images"] == 4
+
+
+def test_saved_outputs_accept_strided_images(tmp_path):
+    """Decoded images can arrive as a permuted view (channels-last); saving must not fail."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from sdlab.experiment import _cache_outputs
+
+    images = torch.rand(2, 4, 4, 3).permute(0, 3, 1, 2)
+    assert not images.is_contiguous()
+    _cache_outputs(SimpleNamespace(latents=torch.zeros(2, 1), outputs=images, seeds=[7, 8]),
+                   tmp_path)
+    saved = load_file(tmp_path / "batch_00000007.safetensors")
+    assert torch.equal(saved["outputs"], images) and saved["seeds"].tolist() == [7, 8]
