@@ -46,7 +46,7 @@ class Denoiser:
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         """Fractional training timestep of each sigma: linear interpolation in log-sigma."""
-        log_sigmas = self._log_sigmas()
+        log_sigmas = self._log_sigmas(sigma.device)
         log_sigma = sigma.to(torch.float64).clamp(min=1e-10).log()
         low = torch.searchsorted(log_sigmas, log_sigma, right=True) - 1
         low = low.clamp(0, len(log_sigmas) - 2)
@@ -55,21 +55,25 @@ class Denoiser:
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         """Sigma at a fractional training timestep: the inverse of `sigma_to_t`."""
-        log_sigmas = self._log_sigmas()
-        t = torch.as_tensor(t).to(torch.float64).clamp(0, len(log_sigmas) - 1)
+        t = torch.as_tensor(t)
+        log_sigmas = self._log_sigmas(t.device)
+        t = t.to(torch.float64).clamp(0, len(log_sigmas) - 1)
         low = t.floor().long().clamp(max=len(log_sigmas) - 2)
         w = t - low
         return ((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]).exp()
 
-    def _log_sigmas(self) -> Tensor:
+    def _log_sigmas(self, device: torch.device) -> Tensor:
+        """log of the training sigmas in float64 on `device` (where the sigmas asked about are)."""
         if self.sigmas is None:
             raise ValueError(f"{type(self).__name__} is not a discrete model: it has no "
                              "training timesteps")
-        cached = getattr(self, "_log_sigmas_cache", None)
-        if cached is None or cached[0] is not self.sigmas:
-            cached = (self.sigmas, self.sigmas.to(torch.float64).log())
-            self._log_sigmas_cache = cached
-        return cached[1]
+        cache = getattr(self, "_log_sigmas_cache", None)
+        if cache is None or cache[0] is not self.sigmas:
+            cache = (self.sigmas, {})
+            self._log_sigmas_cache = cache
+        if device not in cache[1]:
+            cache[1][device] = self.sigmas.to(device, torch.float64).log()
+        return cache[1][device]
 
 
 class DenoiserWrapper(Denoiser):

@@ -22,18 +22,25 @@ names = registry.names
 
 
 class GuidanceRule:
-    """Plain CFG: D = D_u + w (D_c - D_u) (Ho & Salimans 2022). `scale == 1` skips D_u."""
+    """Plain CFG: D = D_u + w (D_c - D_u) (Ho & Salimans 2022). `scale == 1` skips D_u.
+
+    A rule whose `active` or `combine` reads the noise level sets `needs_sigma = True`; the
+    others get `sigma=None` when sigma lives on an accelerator, because reading it back would
+    make the host wait for the device at every step.
+    """
+
+    needs_sigma = False
 
     def __init__(self, scale: float = 1.0) -> None:
         if scale < 0:
             raise ValueError(f"guidance scale must be >= 0, got {scale}")
         self.scale = float(scale)
 
-    def active(self, sigma: float) -> bool:
+    def active(self, sigma: float | None) -> bool:
         """Whether the unconditional branch is evaluated at this noise level."""
         return self.scale != 1.0
 
-    def combine(self, cond: Tensor, uncond: Tensor, sigma: float) -> Tensor:
+    def combine(self, cond: Tensor, uncond: Tensor, sigma: float | None) -> Tensor:
         return uncond + self.scale * (cond - uncond)
 
     def describe(self) -> dict[str, Any]:
@@ -54,7 +61,7 @@ class RescaledCFG(GuidanceRule):
             raise ValueError(f"cfg_rescale phi must be in [0, 1], got {phi}")
         self.phi = float(phi)
 
-    def combine(self, cond: Tensor, uncond: Tensor, sigma: float) -> Tensor:
+    def combine(self, cond: Tensor, uncond: Tensor, sigma: float | None) -> Tensor:
         cfg = super().combine(cond, uncond, sigma)
         dims = tuple(range(1, cond.ndim))
         rescaled = cfg * (cond.std(dim=dims, keepdim=True) / cfg.std(dim=dims, keepdim=True))
@@ -68,6 +75,8 @@ class RescaledCFG(GuidanceRule):
           "Improves Sample and Distribution Quality")
 class IntervalCFG(GuidanceRule):
     """CFG only for sigma_lo < sigma <= sigma_hi; elsewhere the conditional branch alone."""
+
+    needs_sigma = True
 
     def __init__(self, scale: float = 1.0, sigma_lo: float = 0.28,
                  sigma_hi: float = 5.42) -> None:
@@ -111,7 +120,8 @@ class CFGDenoiser(DenoiserWrapper):
         self.last_uncond: Tensor | None = None
 
     def denoise(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        s = float(sigma[0])
+        read = self.rule.needs_sigma or sigma.device.type == "cpu"
+        s = float(sigma[0]) if read else None  # float() of a device tensor waits for the device
         if not self.rule.active(s):
             self.last_cond, self.last_uncond = self.inner(x, sigma, **self.cond), None
             return self.last_cond

@@ -57,6 +57,19 @@ def test_interval_is_half_open_and_counts_honestly():
     assert d.nfe == 4 and d.uncond_evals == 2
 
 
+def test_cfg_reads_sigma_back_from_a_device_only_when_the_rule_needs_it():
+    """float() of an accelerator tensor stalls the host every step; meta tensors stand in for
+    device tensors here: reading one back raises."""
+    meta = {"c": torch.ones(2, device="meta")}
+    x, sigma = torch.ones(2, 3, device="meta"), torch.ones(2, device="meta")
+    for rule in (GuidanceRule(4.0), RescaledCFG(4.0, phi=0.5)):
+        out = CFGDenoiser(Linear(), rule, meta, meta)(x, sigma)
+        assert out.shape == (2, 3) and out.device.type == "meta"
+    assert IntervalCFG.needs_sigma and not GuidanceRule.needs_sigma
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        CFGDenoiser(Linear(), IntervalCFG(4.0), meta, meta)(x, sigma)
+
+
 def test_rescale_phi_zero_is_cfg_and_phi_one_matches_the_conditional_std():
     cond, uncond = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     plain = GuidanceRule(7.0).combine(cond, uncond, 1.0)
@@ -103,3 +116,21 @@ def test_tiny_shapes_config_loads_or_says_what_is_missing():
         assert "tiny_shapes" in str(err) and "\n" not in str(err)
     else:
         assert model.conditional and len(model.latent_shape) == 3
+
+
+def test_adaptive_sampler_runs_with_per_sample_conditioning():
+    """dpm_adaptive steps each sample on its own clock; the guided denoiser must still see
+    the whole batch its prompts were made for, and each sample's result is its own."""
+    from sdlab import samplers, schedules
+
+    sigmas = schedules.karras(8, sigma_min=0.1, sigma_max=10.0)
+    x = torch.tensor([[1.0, -0.5, 0.25], [0.3, 0.7, -1.2]], dtype=torch.float64) * 10
+    conds = ({"c": torch.tensor([0.9, 0.2])}, {"c": torch.tensor([1.0, 1.0])})
+    both = samplers.get("dpm_adaptive")(CFGDenoiser(Linear(), GuidanceRule(2.0), *conds), x,
+                                        sigmas)
+    for k in range(2):
+        alone = CFGDenoiser(Linear(), GuidanceRule(2.0), *({"c": c["c"][k : k + 1]}
+                                                           for c in conds))
+        one = samplers.get("dpm_adaptive")(alone, x[k : k + 1], sigmas)
+        torch.testing.assert_close(both[k : k + 1], one, rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(both).all()

@@ -185,6 +185,23 @@ def test_clip_score_and_clip_features_from_a_local_model(clip_dir):
     torch.testing.assert_close(feats, img.float(), rtol=1e-4, atol=1e-5)
 
 
+def test_clip_token_features_are_the_mean_patch_token(clip_dir):
+    from transformers import CLIPModel
+
+    images = _images(3, 5)
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    px = ((images * 255).round() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        layers = model.vision_model.encoder(model.vision_model.pre_layrnorm(
+            model.vision_model.embeddings(px))).last_hidden_state
+    extractor = CLIPFeatures(str(clip_dir), device="cpu", features="tokens", normalize=False)
+    assert extractor.name == "clip_tokens" and extractor.dim == layers.shape[-1]
+    torch.testing.assert_close(extractor(images), layers[:, 1:].mean(1), rtol=1e-4, atol=1e-5)
+    assert "patch tokens" in extractor.settings()["extractor"]
+    with pytest.raises(ValueError, match="embedding"):
+        CLIPFeatures(str(clip_dir), device="cpu", features="pooled")
+
+
 def test_tiny_shapes_config_end_to_end(clip_dir, tmp_path):
     pytest.importorskip("sdlab.shapes.checker")
     from omegaconf import OmegaConf
@@ -203,12 +220,15 @@ def test_tiny_shapes_config_end_to_end(clip_dir, tmp_path):
         for m in metrics.values():
             m.update(batch)
     values = {k: v for m in metrics.values() for k, v in m.compute().items()}
-    assert {"fd_clip", "cmmd_clip", "clip_score", "shapes_accuracy"} <= set(values)
+    assert {"fd_clip", "cmmd_clip", "fd_clip_tokens", "clip_score", "shapes_accuracy"} <= set(
+        values)
     assert values["shapes_accuracy"] > 0.9  # dataset images are what their captions say
     intervals = {k: v for m in metrics.values() for k, v in m.intervals(n_boot=50).items()}
     assert {"fd_clip", "cmmd_clip", "clip_score", "shapes_accuracy"} <= set(intervals)
     fp = metrics["clip"].fingerprint()["clip"]
     assert fp["reference"]["source"]["source"] == "sdlab.shapes" and fp["reference"]["n"] == 64
+    tokens = metrics["clip_tokens"].fingerprint()["clip_tokens"]
+    assert tokens["reference"]["n"] == 64 and tokens["extractor"]["model"] == str(clip_dir)
 
 
 def _coco(root, sizes):

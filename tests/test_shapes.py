@@ -10,7 +10,7 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 from transformers import CLIPTokenizer
 
-from sdlab.shapes import export, train_clip, train_tokenizer, train_unet, train_vae
+from sdlab.shapes import evaluate, export, train_clip, train_tokenizer, train_unet, train_vae
 from sdlab.shapes.checker import detect, shapes_accuracy, shapes_report
 from sdlab.shapes.dataset import (
     COLORS,
@@ -125,7 +125,9 @@ def test_checker_rejects_wrong_position_and_count():
     assert detect(torch.full((3, 32, 32), 0.5)) == []
 
 
-def test_every_stage_trains_resumes_exports_and_loads(tmp_path, restore_threads):
+def test_every_stage_trains_resumes_exports_and_loads(tmp_path, restore_threads, monkeypatch):
+    import json
+
     from diffusers import StableDiffusionPipeline
 
     t = tmp_path
@@ -151,6 +153,20 @@ def test_every_stage_trains_resumes_exports_and_loads(tmp_path, restore_threads)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(get_item(0).caption, num_inference_steps=2, output_type="pt")
     assert out.images.shape == (1, 3, 32, 32) and torch.isfinite(out.images).all()
+
+    monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "sdlab_cache"))
+    evaluate.main(
+        f"--model {tmp_path}/model --n-real 32 --n-generated 6 --steps 2 --guidance 1 2 "
+        "--euler-steps 1 2 --reference-n 16".split()
+    )
+    rows = {r["name"]: r for r in json.loads((tmp_path / "model" / "metrics.json").read_text())[
+        "rows"]}
+    floor = rows["fd_clip_tokens data-vs-data floor"]
+    assert floor["value"] > 0 and "items 16-39" in floor["setting"]  # 4 sets of 6 after the ref
+    assert {"fd_clip, generated (cfg 2)", "fd_clip_tokens, Euler karras 2 steps (cfg 3)"} <= set(
+        rows)
+    assert "x the data-vs-data floor" in rows["fd_clip_tokens, generated (cfg 1)"]["setting"]
+    assert "fd_clip_tokens data-vs-data floor" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
 
 
 @pytest.mark.skipif(not (ASSET / "model_index.json").exists(), reason="model not exported yet")

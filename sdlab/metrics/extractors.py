@@ -14,7 +14,11 @@ naming the file and the directory to put it in.
   pool3 (2048-d). The file comes from `weights_path` or the torch hub cache
   (`$TORCH_HOME/hub/checkpoints/`), where torch-fidelity and torchmetrics keep it too.
 - `CLIPFeatures`: image embeddings (after the projection) of any Hugging Face `CLIPModel`,
-  by hub id or local directory, preprocessed by the model's own `CLIPProcessor`.
+  by hub id or local directory, preprocessed by the model's own `CLIPProcessor`; or, with
+  `features="tokens"`, the mean of the vision tower's last-layer patch tokens (space
+  `clip_tokens`). The projected embedding is trained to keep only what captions say, so it
+  saturates once the content is right; the patch tokens still carry edges, shading and
+  placement, the role Inception's pool3 (not its logits) plays in FID.
 - `DINOv2Features`: torch-fidelity's DINOv2 extractor, from the torch hub cache.
 """
 
@@ -199,18 +203,32 @@ def pooled(out: Any) -> Tensor:
     return out if isinstance(out, Tensor) else out.pooler_output
 
 
-class CLIPFeatures:
-    """L2-normalised CLIP image embeddings (the space CMMD uses), any Hugging Face CLIP."""
+CLIP_FEATURES = {"embedding": "clip", "tokens": "clip_tokens"}  # features -> space name
 
-    name = "clip"
+
+class CLIPFeatures:
+    """CLIP image features of any Hugging Face CLIP.
+
+    `features="embedding"`: the image embedding after the projection, L2-normalised when
+    `normalize` (the space CMMD uses), space `clip`. `features="tokens"`: the mean over patch
+    tokens (class token excluded) of the vision tower's last hidden layer, before the final
+    layer norm and the projection, space `clip_tokens`.
+    """
 
     def __init__(self, model_name_or_path: str = "openai/clip-vit-large-patch14",
-                 normalize: bool = True, device: str | None = None, batch_size: int = 64) -> None:
-        self.model_name = str(model_name_or_path)
+                 normalize: bool = True, device: str | None = None, batch_size: int = 64,
+                 features: str = "embedding") -> None:
+        if features not in CLIP_FEATURES:
+            raise ValueError(f"CLIP features must be one of {sorted(CLIP_FEATURES)}, "
+                             f"got {features!r}")
+        self.model_name, self.features = str(model_name_or_path), features
+        self.name = CLIP_FEATURES[features]
         self.normalize, self.batch_size = normalize, batch_size
         self.device = default_device(device)
         self.model, self.processor = load_clip(self.model_name, str(self.device))
-        self.dim = self.model.config.projection_dim
+        config = self.model.config
+        self.dim = config.projection_dim if features == "embedding" else (
+            config.vision_config.hidden_size)
         self.sha256 = weights_sha256(self.model_name)
 
     @torch.no_grad()
@@ -218,7 +236,12 @@ class CLIPFeatures:
         out = []
         for b in to_uint8(images).split(self.batch_size):
             px = self.processor(images=list(b), return_tensors="pt")["pixel_values"]
-            f = pooled(self.model.get_image_features(pixel_values=px.to(self.device))).float()
+            px = px.to(self.device)
+            if self.features == "embedding":
+                f = pooled(self.model.get_image_features(pixel_values=px)).float()
+            else:
+                hidden = self.model.vision_model(pixel_values=px).last_hidden_state
+                f = hidden[:, 1:].mean(1).float()
             out.append((torch.nn.functional.normalize(f, dim=-1) if self.normalize else f).cpu())
         return torch.cat(out)
 
@@ -226,7 +249,10 @@ class CLIPFeatures:
         ip = self.processor.image_processor
         keep = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
                 "rescale_factor", "do_normalize", "image_mean", "image_std")
-        return {"extractor": "transformers CLIPModel image embedding (after projection)",
+        what = {"embedding": "transformers CLIPModel image embedding (after projection)",
+                "tokens": "transformers CLIPModel vision tower, mean of last-layer patch tokens "
+                          "(class token excluded, before post_layernorm and projection)"}
+        return {"extractor": what[self.features],
                 "model": self.model_name, "weights_sha256": self.sha256, "input": "uint8",
                 "preprocess": {k: _jsonable(getattr(ip, k, None)) for k in keep},
                 "l2_normalized": self.normalize, "dtype": str(self.model.dtype)}

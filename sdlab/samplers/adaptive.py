@@ -33,35 +33,37 @@ def dpm_adaptive(denoiser, x, sigmas, *, noise=None, callback=None, rtol: float 
     (batched calls made so far) tell it.
     """
     s = sigma_list(sigmas)
-    t_end, batch = t_of(s[-2]), x.shape[0]
-    t = torch.full((batch,), t_of(s[0]), dtype=torch.float64)
-    h = torch.full((batch,), float(h_init), dtype=torch.float64)
+    t_end, batch, dev = t_of(s[-2]), x.shape[0], x.device
+    t = torch.full((batch,), t_of(s[0]), dtype=torch.float64, device=dev)
+    h = torch.full((batch,), float(h_init), dtype=torch.float64, device=dev)
     x_prev, denoised = x, torch.zeros_like(x)
-    stale = torch.ones(batch, dtype=torch.bool)  # samples whose D(x, sigma(t)) is not cached
+    stale = torch.ones(batch, dtype=torch.bool, device=dev)  # D(x, sigma(t)) not cached
     shape, i, nfe = (-1,) + (1,) * (x.ndim - 1), 0, 0
+    # The denoiser always sees the whole batch (its conditioning, e.g. CFG's prompts, is per
+    # sample); finished samples ride along at h = 0 and their results are discarded.
     while bool((active := t < t_end - 1e-9).any()):
         h = torch.where(active, torch.minimum(h, t_end - t), h)
         if bool((need := stale & active).any()):  # D at t; kept while a step is rejected
-            denoised[need] = denoiser(x[need], (-t[need]).exp())
+            fresh = denoiser(x, (-t).exp())
+            denoised = torch.where(need.reshape(shape), fresh, denoised)
             stale, nfe = stale & ~need, nfe + 1
-        a, ta, ha = active, t[active], h[active]
+        ha = torch.where(active, h, 0.0)
         ratio, ratio_mid = (-ha).exp().reshape(shape).to(x), (-ha / 2).exp().reshape(shape).to(x)
-        x_low = ratio * x[a] + (1 - ratio) * denoised[a]  # DPM-Solver-1
-        x_mid = ratio_mid * x[a] + (1 - ratio_mid) * denoised[a]
-        d_mid, nfe = denoiser(x_mid, (-(ta + ha / 2)).exp()), nfe + 1
-        x_high = ratio * x[a] + (1 - ratio) * d_mid  # DPM-Solver-2
+        x_low = ratio * x + (1 - ratio) * denoised  # DPM-Solver-1
+        x_mid = ratio_mid * x + (1 - ratio_mid) * denoised
+        d_mid, nfe = denoiser(x_mid, (-(t + ha / 2)).exp()), nfe + 1
+        x_high = ratio * x + (1 - ratio) * d_mid  # DPM-Solver-2
         # RMS error per sample relative to max(atol, rtol * |x|)
-        delta = torch.maximum(x_low.abs(), x_prev[a].abs()).mul(rtol).clamp(min=atol)
+        delta = torch.maximum(x_low.abs(), x_prev.abs()).mul(rtol).clamp(min=atol)
         err = ((x_high - x_low) / delta).flatten(1).pow(2).mean(1).sqrt()
-        ok = torch.zeros(batch, dtype=torch.bool).masked_scatter(a, err <= 1)
-        report(callback, i, x, float(ta.max().neg().exp()), float((-(ta + ha)).exp().min()),
-               denoised, nfe=nfe, accepted=ok)
-        x_next = x.clone()
-        x_next[a] = x_high
+        ok = active & (err <= 1)
+        report(callback, i, x, float(t[active].max().neg().exp()),
+               float((-(t + ha))[active].exp().min()), denoised, nfe=nfe, accepted=ok.cpu())
         x_prev = torch.where(ok.reshape(shape), x, x_prev)  # accept: local extrapolation
-        x = torch.where(ok.reshape(shape), x_next, x)
+        x = torch.where(ok.reshape(shape), x_high, x)
         t, stale, i = torch.where(ok, t + h, t), stale | ok, i + 1
-        h[a] = ha * (safety * err.clamp(min=1e-10) ** -0.5).clamp(0.2, 5.0)  # error ~ h^2
+        factor = (safety * err.to(h).clamp(min=1e-10) ** -0.5).clamp(0.2, 5.0)  # error ~ h^2
+        h = torch.where(active, h * factor, h)
     denoised = denoise(denoiser, x, s[-2])  # the last step lands on the denoised estimate
     report(callback, i, x, s[-2], 0.0, denoised, nfe=nfe + 1)
     return denoised

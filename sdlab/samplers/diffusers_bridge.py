@@ -126,7 +126,9 @@ def sample_diffusers(denoiser: Denoiser, z: Tensor, scheduler, steps: int, *,
         x_in = scheduler.scale_model_input(x, t)
         sigma = float(denoiser.t_to_sigma(torch.as_tensor(t)))
         x_ve = x_in * math.sqrt(sigma**2 + 1)
-        denoised = denoiser(x_ve, torch.full((x.shape[0],), sigma, dtype=torch.float64))
+        # sigma on the latents' device: a host tensor would be copied (and waited for) each step
+        denoised = denoiser(x_ve, torch.full((x.shape[0],), sigma, dtype=torch.float64,
+                                             device=x.device))
         eps = (x_ve - denoised) / sigma
         if callback is not None:
             sigma_next = (float(denoiser.t_to_sigma(torch.as_tensor(timesteps[i + 1])))

@@ -3,28 +3,95 @@
     python -m sdlab.shapes.evaluate --model sdlab/assets/tiny_shapes
 
 Measures, on the held-out split: VAE reconstruction PSNR, tiny-CLIP text->image top-1
-retrieval among 32 candidates, the checker's accuracy on real images, and the shapes accuracy
-of generated images (DPM-Solver++(2M) with Karras sigmas through diffusers, at the chosen
-guidance and at guidance 1), plus generation throughput.
+retrieval among 32 candidates, the checker's accuracy on real images, the shapes accuracy
+and FD of generated images (DPM-Solver++(2M) with Karras sigmas through diffusers, at each
+guidance), generation throughput, and FD of Euler with Karras sigmas at 2..32 steps.
+
+FD is sdlab's own metric with the settings of `metrics=tiny_shapes` (`FeatureDistance`, the
+tiny CLIP's `clip` and `clip_tokens` spaces, the 10000-image held-out reference). Its floor:
+the FD of real held-out images outside the reference, in sets as large as the generated ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
+from sdlab.metrics.extractors import CLIPFeatures
+from sdlab.metrics.features import FeatureDistance
+from sdlab.metrics.reference import ShapesImages
 from sdlab.shapes.checker import shapes_report
 from sdlab.shapes.dataset import get_batch
 from sdlab.shapes.export import ASSET_DIR, write_model_card
 from sdlab.shapes.train_clip import retrieval_top1
 from sdlab.shapes.train_vae import reconstruct, reconstruction_psnr
+
+# as configs/metrics/tiny_shapes.yaml: the spaces and the reference of `metrics=tiny_shapes`
+FD_SPACES = {"clip": {}, "clip_tokens": {"features": "tokens", "normalize": False}}
+FLOOR_SETS = 4
+
+
+class FrechetDistances:
+    """sdlab's FD of a set of images in each tiny-CLIP space, against the held-out reference."""
+
+    def __init__(self, clip_dir: Path, reference: ShapesImages):
+        self.reference = reference
+        self.extractors = {
+            space: CLIPFeatures(str(clip_dir), device="cpu", **kw)
+            for space, kw in FD_SPACES.items()
+        }
+        self.floors: dict[str, list[float]] = {}
+
+    def __call__(self, images: torch.Tensor) -> dict[str, float]:
+        out = {}
+        for extractor in self.extractors.values():
+            metric = FeatureDistance(extractor, self.reference, metrics=["fd"], keep_features=False)
+            metric.update(SimpleNamespace(outputs=images, indices=list(range(len(images)))))
+            out |= metric.compute()
+        return out
+
+    def measure_floor(self, n: int, seed: int) -> None:
+        """FD of FLOOR_SETS disjoint sets of n real held-out images from outside the reference."""
+        first = self.reference.n
+        for k in range(FLOOR_SETS):
+            real = get_batch(range(first + k * n, first + (k + 1) * n), "heldout", seed)[0]
+            for name, value in self(real).items():
+                self.floors.setdefault(name, []).append(value)
+
+    def floor(self, name: str) -> float:
+        return statistics.mean(self.floors[name])
+
+    def described(self, values: dict[str, float]) -> str:
+        """'fd_clip 0.0081 (1.05x floor), ...' for a dict of FD values."""
+        return ", ".join(
+            f"{name} {value:.4g} ({value / self.floor(name):.2f}x floor)"
+            for name, value in values.items()
+        )
+
+
+def floor_rows(fd: FrechetDistances, n: int, seed: int) -> list[dict]:
+    first = fd.reference.n
+    rows = []
+    for name, values in fd.floors.items():
+        rows.append(
+            row(
+                f"{name} data-vs-data floor",
+                fd.floor(name),
+                f"mean of {len(values)} disjoint sets of {n} real held-out images (items {first}-"
+                f"{first + len(values) * n - 1}) vs the {first}-image reference; range "
+                f"{min(values):.4g}-{max(values):.4g}",
+            )
+        )
+    return rows
 
 
 def dpmpp_2m_karras(pipe: StableDiffusionPipeline) -> StableDiffusionPipeline:
@@ -62,7 +129,9 @@ def generate(
     return torch.cat(images).float().clamp(0, 1)
 
 
-def generation_rows(pipe, captions: list[str], steps: int, guidances: list[float]) -> list[dict]:
+def generation_rows(
+    pipe, captions: list[str], steps: int, guidances: list[float], fd: FrechetDistances
+) -> list[dict]:
     rows = []
     for guidance in guidances:
         start = time.time()
@@ -78,6 +147,15 @@ def generation_rows(pipe, captions: list[str], steps: int, guidances: list[float
                 f"{setting}; {detail}",
             )
         )
+        distances = fd(images)
+        for name, value in distances.items():
+            rows.append(
+                row(
+                    f"{name}, generated (cfg {guidance:g})",
+                    value,
+                    f"{setting}; {value / fd.floor(name):.2f}x the data-vs-data floor",
+                )
+            )
         rows.append(
             row(
                 f"throughput (cfg {guidance:g}), images/s",
@@ -88,8 +166,31 @@ def generation_rows(pipe, captions: list[str], steps: int, guidances: list[float
     return rows
 
 
+def euler_rows(
+    pipe, captions: list[str], steps: list[int], guidance: float, fd: FrechetDistances
+) -> list[dict]:
+    """Euler with Karras sigmas at each step count: FD in both spaces and shapes accuracy."""
+    pipe.scheduler = EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, use_karras_sigmas=True
+    )
+    rows = []
+    for n in steps:
+        images = generate(pipe, captions, steps=n, guidance=guidance)
+        distances = fd(images)
+        accuracy = shapes_report(images, captions)["correct"].mean().item()
+        rows.append(
+            row(
+                f"fd_clip_tokens, Euler karras {n} steps (cfg {guidance:g})",
+                distances["fd_clip_tokens"],
+                f"{len(captions)} held-out prompts; {fd.described(distances)}; "
+                f"shapes accuracy {accuracy:.3f}",
+            )
+        )
+    return rows
+
+
 def row(name: str, value: float, setting: str) -> dict:
-    return {"name": name, "value": round(value, 4), "setting": setting}
+    return {"name": name, "value": float(f"{value:.4g}"), "setting": setting}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,6 +202,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 4.0, 7.5])
+    parser.add_argument(
+        "--euler-steps",
+        type=int,
+        nargs="+",
+        default=[2, 4, 8, 16, 32],
+        help="step counts of the Euler/Karras FD series",
+    )
+    parser.add_argument("--euler-guidance", type=float, default=3.0)
+    parser.add_argument(
+        "--reference-n", type=int, default=10_000, help="FD reference images (tiny_shapes: 10000)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads; 2 is full speed on a 2-core machine"
@@ -133,8 +245,24 @@ def main(argv: list[str] | None = None) -> None:
             held,
         ),
     ]
+    fd = FrechetDistances(args.model / "clip", ShapesImages(args.reference_n, "heldout", args.seed))
+    fd.measure_floor(args.n_generated, args.seed)
+    rows += floor_rows(fd, args.n_generated, args.seed)
+    first_floor_set = get_batch(
+        range(args.reference_n, args.reference_n + args.n_generated), "heldout", args.seed
+    )[0]
+    recon = fd(reconstruct(pipe.vae, first_floor_set))
+    rows.append(
+        row(
+            "fd_clip_tokens of VAE reconstructions",
+            recon["fd_clip_tokens"],
+            f"{args.n_generated} real held-out images (the first floor set) through encode and "
+            f"decode; {fd.described(recon)}",
+        )
+    )
     prompts = get_batch(range(args.n_generated), "heldout", args.seed)[1]
-    rows += generation_rows(pipe, prompts, args.steps, args.guidance)
+    rows += generation_rows(pipe, prompts, args.steps, args.guidance, fd)
+    rows += euler_rows(pipe, prompts, args.euler_steps, args.euler_guidance, fd)
     command = "python -m sdlab.shapes.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     metrics = {"rows": rows, "command": command.strip(), "wall_s": time.time() - start}
     (args.model / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

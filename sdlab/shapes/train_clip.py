@@ -58,6 +58,10 @@ def retrieval_top1(
     group: int = 32,
 ) -> float:
     """Text->image top-1 accuracy, each caption against the `group` images of its own chunk."""
+    if len(captions) < group:
+        raise ValueError(
+            f"retrieval among {group} needs at least {group} images, got {len(captions)}"
+        )
     model.eval()
     hits = []
     for start in range(0, len(captions) - group + 1, group):
