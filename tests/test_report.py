@@ -14,7 +14,8 @@ from sdlab import samplers, schedules
 from sdlab.cli import CONFIG_DIR
 from sdlab.experiment import run
 from sdlab.models.gmm import build as build_gmm
-from sdlab.report import build, main
+from sdlab.report import build, main, plots
+from sdlab.report import style as st
 from sdlab.report.data import commands, load
 from sdlab.report.plots import pareto_front
 from sdlab.tracking import TrajectoryRecorder
@@ -164,6 +165,46 @@ def test_points_of_an_nfe_budget_share_figures(sweep, tmp_path):
     build(guided_copy(sweep, tmp_path / "guided", budget=15), tmp_path / "out")
     made = {p.name for p in (tmp_path / "out" / "figures").glob("*.png")}
     assert "guidance_fd_exact_nfe15.png" in made and not any("steps" in n for n in made)
+
+
+def test_every_sampler_has_its_own_style():
+    """Registered samplers and the bridge's schedulers: a fixed place in the table, a distinct
+    (colour, marker, line style) and (colour, marker); the committed studies' samplers a
+    distinct colour."""
+    names = list(samplers.names())
+    try:
+        from sdlab.samplers.diffusers_bridge import fitting_scheduler_names
+        names += fitting_scheduler_names()
+    except ImportError:
+        pass
+    assert set(names) <= set(st.SAMPLERS)
+    styles = [st.style("sampler", n) for n in st.SAMPLERS]
+    assert len(set(styles)) == len(styles)
+    assert len({(s.color, s.marker) for s in styles}) == len(styles)
+    used = sorted({json.loads(p.read_text())["sampler"]
+                   for p in (ROOT / "reports").glob("*/results/**/result.json")})
+    assert len({st.style("sampler", n).color for n in used}) == len(used), used
+    assert st.style("sampler", "my_own") == st.style("sampler", "my_own")
+
+
+@pytest.mark.parametrize("labels", [
+    ["dpmpp_2m (nfe 20)", "dpmpp_2m_sde (nfe 20)", "euler (nfe 20)"],
+    [f"sampler_{i} (slope \u22121.{i:02d})" for i in range(13)],
+    ["a", "dpmpp_2m · eta=0.5,s_noise=1.0,solver_type=\"heun\",order=3,noise=\"brownian\""],
+])
+def test_legend_fits_inside_the_figure(labels):
+    with st.rc():
+        fig = st.figure(plots.PLOT_HEIGHT)
+        ax = fig.add_subplot()
+        for i, label in enumerate(labels):
+            ax.plot([1, 2], [i, i + 1], label=label)
+        plots._legend(fig, ax, len(labels))
+        fig.draw_without_rendering()
+        (legend,) = fig.legends
+        box, page = legend.get_window_extent(), fig.bbox
+        assert fig.get_figwidth() == st.COLUMN_WIDTH
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+        assert ax.get_window_extent().y0 > box.y1  # below the axes, not over them
 
 
 def test_pareto_front():

@@ -4,12 +4,14 @@ error-vs-nfe convergence with fitted slopes. Each builder draws only what the da
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
 from sdlab.report import style as st
@@ -65,14 +67,32 @@ def _maybe_log_y(ax: Axes, values: Sequence[float]) -> None:
         ax.set_yscale("log")
 
 
-def _legend(fig, ax: Axes, n: int) -> None:
-    if n > 1:
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center",
-                   ncol=2 if n > 3 else n, handlelength=2.2, columnspacing=1.2)
+PLOT_HEIGHT = 2.0  # inches: axes, labels and title; a legend below adds its own height
+MAX_COLUMNS = 4
 
 
-def _height(n_series: int) -> float:
-    return 2.0 + (0.12 * ((n_series + 1) // 2) if n_series > 1 else 0.0)
+def _legend(fig: Figure, ax: Axes, n: int) -> None:
+    """For n > 1, a legend below the axes in as many columns (up to 4) as fit the figure's
+    width, long labels wrapped when even one column is too wide; the figure grows by the
+    legend's height, so the axes keep theirs."""
+    if n <= 1:
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    width = max(len(label) for label in labels)
+    ncol = min(len(labels), MAX_COLUMNS)
+    while True:
+        legend = fig.legend(handles, [textwrap.fill(t, width) for t in labels],
+                            loc="outside lower center", ncol=ncol, handlelength=2.2,
+                            columnspacing=1.2)
+        box = legend.get_window_extent()
+        if box.width <= 0.98 * fig.bbox.width or (ncol == 1 and width <= 12):
+            break
+        legend.remove()
+        if ncol > 1:
+            ncol -= 1
+        else:
+            width -= 4
+    fig.set_figheight(PLOT_HEIGHT + box.height / fig.dpi)
 
 
 BANDS_UP_TO = 6  # series; beyond, overlapping bands hide each other: thin error bars
@@ -113,7 +133,7 @@ def nfe_figures(sweep: Sweep, out: Path, skip: Sequence[str] = ()) -> list[Entry
                 continue
             series = {k: [p for p in g if metric in p.metrics] for k, g in groups.items()}
             series = {k: g for k, g in series.items() if g}
-            fig = st.figure(_height(len(series)))
+            fig = st.figure(PLOT_HEIGHT)
             ax = fig.add_subplot()
             ys = []
             for points in series.values():
@@ -142,7 +162,7 @@ def guidance_figures(sweep: Sweep, out: Path) -> list[Entry]:
         if not any(len({p.scale for p in g}) > 1 for g in groups.values()):
             continue
         for metric in sweep.metric_names():
-            fig = st.figure(_height(len(groups)))
+            fig = st.figure(PLOT_HEIGHT)
             ax = fig.add_subplot()
             for points in groups.values():
                 points = [p for p in points if metric in p.metrics]
@@ -192,7 +212,7 @@ def tradeoff_figures(sweep: Sweep, out: Path) -> list[Entry]:
         groups = {k: sorted(g, key=lambda p: p.scale) for k, g in sweep.series(pts).items()}
         if not any(len({p.scale for p in g}) > 1 for g in groups.values()):
             continue
-        fig = st.figure(_height(len(groups) + 1))
+        fig = st.figure(PLOT_HEIGHT)
         ax = fig.add_subplot()
         for points in groups.values():
             s = series_style(sweep, points[0])
@@ -243,7 +263,7 @@ def convergence_figures(sweep: Sweep, out: Path) -> list[Entry]:
             series = {k: g for k, g in series.items() if len({p.nfe for p in g}) > 1}
             if not series:
                 continue
-            fig = st.figure(_height(len(series)))
+            fig = st.figure(PLOT_HEIGHT)
             ax = fig.add_subplot()
             ys = []
             for points in series.values():

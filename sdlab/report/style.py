@@ -1,15 +1,18 @@
 """One print-ready figure style, a fixed colour and marker per sampler, byte-stable saving.
 
-Colours are Paul Tol's colour-blind-safe "muted" set (9); the line style changes every 9
-names and markers cycle with a coprime period (7), so each of the first 36 names of a
-registry has its own (colour, line style) and its own (colour, marker). A sampler's style
-is fixed by its position in the sampler registry (then the diffusers schedulers), so it is
-the same in every figure of every report; a schedule's by the schedule registry. When both
-sampler and schedule vary, the line style shows the schedule instead.
+Style `i` is colour `i mod 16`, marker `i mod 7` (coprime) and line style `i div 16`, so
+the first 16 styles have colours of their own, the first 64 a (colour, line style) of their
+own and the first 112 a (colour, marker) of their own. A sampler's `i` is its place in
+`SAMPLERS`, a fixed table (the samplers of the committed studies first, so each has its own
+colour; a new sampler goes at the end, so no existing figure changes); a schedule's is its
+place in the schedule registry. When both sampler and schedule vary, the line style shows
+the schedule instead. The first six colours are Paul Tol's colour-blind-safe "vibrant" set;
+beyond six, marker and line style keep series apart for every reader.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +22,9 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-PALETTE = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677",
-           "#882255", "#AA4499")
+PALETTE = ("#0077BB", "#EE7733", "#009988", "#CC3311", "#33BBEE", "#EE3377",  # Tol vibrant
+           "#332288", "#999933", "#AA4499", "#117733", "#DDCC77", "#882255",  # Tol muted
+           "#CC6677", "#BBCC33", "#777777", "#8C564B")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", ":", "-.")
 FRONT = "#000000"  # the Pareto front, drawn over the series colours
@@ -52,30 +56,40 @@ class Style:
     linestyle: str = "-"
 
 
+# Every native sampler, then every diffusers scheduler the bridge drives: the order in which
+# styles are handed out. Append new names; never reorder (committed figures would change).
+SAMPLERS = (
+    # the committed studies (reports/*/results)
+    "euler", "dpmpp_2m", "dpmpp_2m_sde", "heun", "unipc", "euler_ancestral", "ddim", "deis",
+    "dpm_2", "dpmpp_3m", "heunpp2", "ipndm", "ipndm_v", "lms", "res_multistep",
+    # the other native samplers
+    "ddpm", "dpm_2_ancestral", "dpm_adaptive", "dpmpp_2m_cfg_pp", "dpmpp_2s_ancestral",
+    "dpmpp_3m_sde", "dpmpp_sde", "euler_cfg_pp", "lcm", "restart",
+    # diffusers schedulers through the bridge (`sampler=diffusers`)
+    "DDIMParallelScheduler", "DDIMScheduler", "DDPMParallelScheduler", "DDPMScheduler",
+    "DEISMultistepScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler",
+    "LMSDiscreteScheduler", "PNDMScheduler", "SASolverScheduler", "TCDScheduler",
+    "UniPCMultistepScheduler",
+)
+
+
 @cache
 def _order(kind: str) -> tuple[str, ...]:
     if kind == "schedule":
         from sdlab import schedules
 
         return tuple(schedules.names())
-    from sdlab import samplers
-
-    names = list(samplers.names())
-    try:
-        from sdlab.samplers.diffusers_bridge import scheduler_names
-
-        names += [n for n in scheduler_names() if n not in names]
-    except ImportError:  # diffusers missing: native samplers keep their places
-        pass
-    return tuple(names)
+    return SAMPLERS
 
 
 def index(kind: str, name: str) -> int:
-    """The registry position of `name` (unregistered names after all registered ones)."""
+    """The table position of `name` (names not in the table after all those in it)."""
     order = _order(kind)
     if name in order:
         return order.index(name)
-    return len(order) + sum(ord(c) for c in name)  # stable for a user's own sampler
+    return len(order) + zlib.crc32(name.encode()) % 64  # stable for a user's own sampler
 
 
 def style(kind: str, name: str, dash: int | None = None) -> Style:
