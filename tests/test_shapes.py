@@ -157,7 +157,7 @@ def test_every_stage_trains_resumes_exports_and_loads(tmp_path, restore_threads,
     monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "sdlab_cache"))
     evaluate.main(
         f"--model {tmp_path}/model --n-real 32 --n-generated 6 --steps 2 --guidance 1 2 "
-        "--euler-steps 1 2 --reference-n 16".split()
+        "--euler-steps 1 2 --euler-images 6 --reference-n 16".split()
     )
     rows = {r["name"]: r for r in json.loads((tmp_path / "model" / "metrics.json").read_text())[
         "rows"]}
@@ -166,6 +166,8 @@ def test_every_stage_trains_resumes_exports_and_loads(tmp_path, restore_threads,
     assert {"fd_clip, generated (cfg 2)", "fd_clip_tokens, Euler karras 2 steps (cfg 3)"} <= set(
         rows)
     assert "x the data-vs-data floor" in rows["fd_clip_tokens, generated (cfg 1)"]["setting"]
+    paired = rows["fd_clip_tokens, Euler 1 steps minus 2 steps"]
+    assert "paired basic bootstrap 95% interval" in paired["setting"]
     assert "fd_clip_tokens data-vs-data floor" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
 
 

@@ -26,6 +26,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
+from sdlab.metrics import paired_difference
 from sdlab.metrics.extractors import CLIPFeatures
 from sdlab.metrics.features import FeatureDistance
 from sdlab.metrics.reference import ShapesImages
@@ -53,10 +54,19 @@ class FrechetDistances:
 
     def __call__(self, images: torch.Tensor) -> dict[str, float]:
         out = {}
-        for extractor in self.extractors.values():
-            metric = FeatureDistance(extractor, self.reference, metrics=["fd"], keep_features=False)
-            metric.update(SimpleNamespace(outputs=images, indices=list(range(len(images)))))
+        for metric in self.metrics(images, keep_features=False):
             out |= metric.compute()
+        return out
+
+    def metrics(self, images: torch.Tensor, keep_features: bool = True) -> list[FeatureDistance]:
+        """One FD metric per space, fed with `images` (image ids 0..N-1, for pairing)."""
+        out = []
+        for extractor in self.extractors.values():
+            metric = FeatureDistance(
+                extractor, self.reference, metrics=["fd"], keep_features=keep_features
+            )
+            metric.update(SimpleNamespace(outputs=images, indices=list(range(len(images)))))
+            out.append(metric)
         return out
 
     def measure_floor(self, n: int, seed: int) -> None:
@@ -169,14 +179,17 @@ def generation_rows(
 def euler_rows(
     pipe, captions: list[str], steps: list[int], guidance: float, fd: FrechetDistances
 ) -> list[dict]:
-    """Euler with Karras sigmas at each step count: FD in both spaces and shapes accuracy."""
+    """Euler with Karras sigmas at each step count: FD in both spaces and shapes accuracy,
+    then each step count's FD minus the next one's with a paired 95% bootstrap interval (the
+    same seeds at every step count, so resampling the same images cancels shared noise)."""
     pipe.scheduler = EulerDiscreteScheduler.from_config(
         pipe.scheduler.config, use_karras_sigmas=True
     )
-    rows = []
+    rows, kept = [], []
     for n in steps:
         images = generate(pipe, captions, steps=n, guidance=guidance)
-        distances = fd(images)
+        kept.append(fd.metrics(images))
+        distances = {k: v for m in kept[-1] for k, v in m.compute().items()}
         accuracy = shapes_report(images, captions)["correct"].mean().item()
         rows.append(
             row(
@@ -186,6 +199,18 @@ def euler_rows(
                 f"shapes accuracy {accuracy:.3f}",
             )
         )
+    for i in range(len(steps) - 1):
+        (n, a), (m, b) = (steps[i], kept[i]), (steps[i + 1], kept[i + 1])
+        for metric_a, metric_b in zip(a, b, strict=True):
+            for name, (diff, lo, hi) in paired_difference(metric_a, metric_b).items():
+                rows.append(
+                    row(
+                        f"{name}, Euler {n} steps minus {m} steps",
+                        diff,
+                        f"paired basic bootstrap 95% interval [{lo:.4g}, {hi:.4g}] "
+                        f"({len(captions)} images, 1000 resamples)",
+                    )
+                )
     return rows
 
 
@@ -210,6 +235,9 @@ def main(argv: list[str] | None = None) -> None:
         help="step counts of the Euler/Karras FD series",
     )
     parser.add_argument("--euler-guidance", type=float, default=3.0)
+    parser.add_argument(
+        "--euler-images", type=int, default=2048, help="prompts of the Euler series (paired)"
+    )
     parser.add_argument(
         "--reference-n", type=int, default=10_000, help="FD reference images (tiny_shapes: 10000)"
     )
@@ -262,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     prompts = get_batch(range(args.n_generated), "heldout", args.seed)[1]
     rows += generation_rows(pipe, prompts, args.steps, args.guidance, fd)
-    rows += euler_rows(pipe, prompts, args.euler_steps, args.euler_guidance, fd)
+    euler_prompts = get_batch(range(args.euler_images), "heldout", args.seed)[1]
+    rows += euler_rows(pipe, euler_prompts, args.euler_steps, args.euler_guidance, fd)
     command = "python -m sdlab.shapes.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
     metrics = {"rows": rows, "command": command.strip(), "wall_s": time.time() - start}
     (args.model / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
