@@ -157,18 +157,22 @@ def test_every_stage_trains_resumes_exports_and_loads(tmp_path, restore_threads,
     monkeypatch.setenv("SDLAB_CACHE", str(tmp_path / "sdlab_cache"))
     evaluate.main(
         f"--model {tmp_path}/model --n-real 32 --n-generated 6 --steps 2 --guidance 1 2 "
-        "--euler-steps 1 2 --euler-images 6 --reference-n 16".split()
+        "--euler-steps 1 2 --euler-images 8 --reference-n 16".split()
     )
     rows = {r["name"]: r for r in json.loads((tmp_path / "model" / "metrics.json").read_text())[
         "rows"]}
-    floor = rows["fd_clip_tokens data-vs-data floor"]
+    floor = rows["fd_clip_tokens data-vs-data floor, 6 images"]
     assert floor["value"] > 0 and "items 16-39" in floor["setting"]  # 4 sets of 6 after the ref
+    assert "items 16-47" in rows["fd_clip_tokens data-vs-data floor, 8 images"]["setting"]
+    assert "x the 8-image floor" in rows["fd_clip_tokens, Euler karras 2 steps (cfg 3)"]["setting"]
     assert {"fd_clip, generated (cfg 2)", "fd_clip_tokens, Euler karras 2 steps (cfg 3)"} <= set(
         rows)
     assert "x the data-vs-data floor" in rows["fd_clip_tokens, generated (cfg 1)"]["setting"]
     paired = rows["fd_clip_tokens, Euler 1 steps minus 2 steps"]
     assert "paired basic bootstrap 95% interval" in paired["setting"]
-    assert "fd_clip_tokens data-vs-data floor" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+    assert "fd_clip_tokens data-vs-data floor, 6 images" in (
+        tmp_path / "model" / "MODEL_CARD.md"
+    ).read_text()
 
 
 @pytest.mark.skipif(not (ASSET / "model_index.json").exists(), reason="model not exported yet")

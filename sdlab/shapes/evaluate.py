@@ -50,7 +50,7 @@ class FrechetDistances:
             space: CLIPFeatures(str(clip_dir), device="cpu", **kw)
             for space, kw in FD_SPACES.items()
         }
-        self.floors: dict[str, list[float]] = {}
+        self.floors: dict[int, dict[str, list[float]]] = {}  # set size -> space -> values
 
     def __call__(self, images: torch.Tensor) -> dict[str, float]:
         out = {}
@@ -72,30 +72,32 @@ class FrechetDistances:
     def measure_floor(self, n: int, seed: int) -> None:
         """FD of FLOOR_SETS disjoint sets of n real held-out images from outside the reference."""
         first = self.reference.n
+        floors = self.floors.setdefault(n, {})
         for k in range(FLOOR_SETS):
             real = get_batch(range(first + k * n, first + (k + 1) * n), "heldout", seed)[0]
             for name, value in self(real).items():
-                self.floors.setdefault(name, []).append(value)
+                floors.setdefault(name, []).append(value)
 
-    def floor(self, name: str) -> float:
-        return statistics.mean(self.floors[name])
+    def floor(self, name: str, n: int) -> float:
+        """The floor for sets of n images (FD's bias shrinks with n: compare like with like)."""
+        return statistics.mean(self.floors[n][name])
 
-    def described(self, values: dict[str, float]) -> str:
-        """'fd_clip 0.0081 (1.05x floor), ...' for a dict of FD values."""
+    def described(self, values: dict[str, float], n: int) -> str:
+        """'fd_clip 0.0081 (1.05x floor), ...' for FD values of n images."""
         return ", ".join(
-            f"{name} {value:.4g} ({value / self.floor(name):.2f}x floor)"
+            f"{name} {value:.4g} ({value / self.floor(name, n):.2f}x the {n}-image floor)"
             for name, value in values.items()
         )
 
 
-def floor_rows(fd: FrechetDistances, n: int, seed: int) -> list[dict]:
+def floor_rows(fd: FrechetDistances, n: int) -> list[dict]:
     first = fd.reference.n
     rows = []
-    for name, values in fd.floors.items():
+    for name, values in fd.floors[n].items():
         rows.append(
             row(
-                f"{name} data-vs-data floor",
-                fd.floor(name),
+                f"{name} data-vs-data floor, {n} images",
+                fd.floor(name, n),
                 f"mean of {len(values)} disjoint sets of {n} real held-out images (items {first}-"
                 f"{first + len(values) * n - 1}) vs the {first}-image reference; range "
                 f"{min(values):.4g}-{max(values):.4g}",
@@ -163,7 +165,8 @@ def generation_rows(
                 row(
                     f"{name}, generated (cfg {guidance:g})",
                     value,
-                    f"{setting}; {value / fd.floor(name):.2f}x the data-vs-data floor",
+                    f"{setting}; {value / fd.floor(name, len(captions)):.2f}x the data-vs-data "
+                    "floor",
                 )
             )
         rows.append(
@@ -195,7 +198,7 @@ def euler_rows(
             row(
                 f"fd_clip_tokens, Euler karras {n} steps (cfg {guidance:g})",
                 distances["fd_clip_tokens"],
-                f"{len(captions)} held-out prompts; {fd.described(distances)}; "
+                f"{len(captions)} held-out prompts; {fd.described(distances, len(captions))}; "
                 f"shapes accuracy {accuracy:.3f}",
             )
         )
@@ -274,8 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ]
     fd = FrechetDistances(args.model / "clip", ShapesImages(args.reference_n, "heldout", args.seed))
-    fd.measure_floor(args.n_generated, args.seed)
-    rows += floor_rows(fd, args.n_generated, args.seed)
+    for n in sorted({args.n_generated, args.euler_images}):
+        fd.measure_floor(n, args.seed)
+        rows += floor_rows(fd, n)
     first_floor_set = get_batch(
         range(args.reference_n, args.reference_n + args.n_generated), "heldout", args.seed
     )[0]
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             "fd_clip_tokens of VAE reconstructions",
             recon["fd_clip_tokens"],
             f"{args.n_generated} real held-out images (the first floor set) through encode and "
-            f"decode; {fd.described(recon)}",
+            f"decode; {fd.described(recon, args.n_generated)}",
         )
     )
     prompts = get_batch(range(args.n_generated), "heldout", args.seed)[1]
