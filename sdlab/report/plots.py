@@ -199,12 +199,19 @@ def pareto_front(xy: list[tuple[float, float]]) -> list[int]:
 
 
 def tradeoff_figures(sweep: Sweep, out: Path) -> list[Entry]:
-    """Quality (FD family) vs alignment (CLIP score) over guidance, with the Pareto front."""
+    """Quality vs alignment (CLIP score) over guidance, with the Pareto front: one figure per
+    Frechet distance the sweep has (each feature space sees a different trade-off), else for
+    the first of KID/CMMD."""
     names = sweep.metric_names()
-    quality = pick(names, ("fd_inception", "fid", "fd_", "kid_", "cmmd"))
     align = pick(names, ("clip_score",))
-    if quality is None or align is None:
+    qualities = sorted(n for n in names if n.startswith("fd_") or n == "fid") or [
+        pick(names, ("kid_", "cmmd"))]
+    if align is None or qualities == [None]:
         return []
+    return [e for quality in qualities for e in _tradeoff(sweep, out, quality, align)]
+
+
+def _tradeoff(sweep: Sweep, out: Path, quality: str, align: str) -> list[Entry]:
     entries = []
     for level in sweep.levels():
         pts = [p for p in sweep.ok if p.level == level and p.scale is not None
