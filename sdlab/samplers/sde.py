@@ -202,7 +202,13 @@ def ddpm(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
 @register(paper="Luo et al. 2023, Latent Consistency Models (multistep sampling, Alg. 1 of "
           "Song et al. 2023)", order=1, type="SDE", steps="single", nfe_per_step=1)
 def lcm(denoiser, x, sigmas, *, noise=None, callback=None) -> Tensor:
-    """Consistency multistep sampling (Song et al. 2023, Alg. 1; LCM): x0 estimate, re-noise."""
+    """Consistency multistep sampling (Song et al. 2023, Alg. 1; LCM): x0 estimate, re-noise.
+
+    Meant for consistency models, whose output is a sample of the data. With an ordinary
+    diffusion model's denoiser (a posterior mean) it converges, at any step count, to a
+    narrower distribution than the data's (variance s^2/2 for Gaussian data of variance s^2):
+    tests/test_sde_weak_convergence.py measures this.
+    """
     noise = noise_or_default(noise, x)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = denoise(denoiser, x, sigma)
