@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from sdlab.models import tiny
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "sdlab" / "assets" / "tiny_shapes" / "clip"
 BATCH = 64
@@ -57,32 +59,6 @@ class PeakRSS:
         self._stop = True
         self._thread.join()
         self.peak = max(self.peak, rss_bytes())
-
-
-def random_tiny_clip(path: Path) -> Path:
-    """A CLIPModel the size of the tiny shapes CLIP (ViT 32x32/8, width 128, 3 layers)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {c: i for i, c in enumerate(letters)}
-    vocab |= {f"{c}</w>": 26 + i for i, c in enumerate(letters)}
-    vocab |= {"<|startoftext|>": 52, "<|endoftext|>": 53}
-    path.mkdir(parents=True)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"),
-                        pad_token="<|endoftext|>", model_max_length=32)
-    tower = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3,
-             "num_attention_heads": 4}
-    text = {"vocab_size": 54, "max_position_embeddings": 32, "bos_token_id": 52,
-            "eos_token_id": 53, "pad_token_id": 53}
-    config = CLIPConfig(text_config=tower | text, projection_dim=128,
-                        vision_config=tower | {"image_size": 32, "patch_size": 8})
-    CLIPModel(config).save_pretrained(path)
-    proc = CLIPImageProcessor(do_resize=False, do_center_crop=False, image_mean=[0.5] * 3,
-                              image_std=[0.5] * 3)
-    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(path)
-    return path
 
 
 class RandomImages:
@@ -145,7 +121,8 @@ def main() -> None:
         print(json.dumps(child(int(n), keep == "1", clip, cache)))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        clip = str(ASSET) if ASSET.is_dir() else str(random_tiny_clip(Path(tmp) / "clip"))
+        clip = str(ASSET) if ASSET.is_dir() else str(tiny.save_tiny_clip(
+            Path(tmp) / "clip", width=128, mlp=512, layers=3, heads=4, projection_dim=128))
         rows = []
         for keep in (False, True):
             for n in args.n:

@@ -156,7 +156,8 @@ def _cache_outputs(batch, out: Path) -> None:
 
     out.mkdir(exist_ok=True)
     save_file({"latents": batch.latents.contiguous().cpu(),
-               "outputs": batch.outputs.cpu().contiguous().clone(),  # may be the latents
+               # a copy (outputs may be the latents themselves), packed (they may be a view)
+               "outputs": batch.outputs.cpu().clone(memory_format=torch.contiguous_format),
                "seeds": torch.tensor(batch.seeds)}, out / f"batch_{batch.seeds[0]:08d}.safetensors")
 
 

@@ -1,7 +1,6 @@
 """Inception and CLIP paths end to end, on weight files the tests create, and missing weights."""
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from sdlab.metrics.extractors import (
 )
 from sdlab.metrics.features import FeatureDistance
 from sdlab.metrics.reference import ImageFolder
+from sdlab.models import tiny
 from sdlab.pipeline import Batch
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "metrics"
@@ -119,34 +119,9 @@ def test_inception_from_hub_cache_matches_torch_fidelity(random_inception, tmp_p
     assert fp["reference"]["n"] == 3 and fp["n_generated"] == 3
 
 
-def _tiny_clip(path):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    path.mkdir()
-    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
-    vocab |= {f"{c}</w>": 26 + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}
-    vocab |= {"<|startoftext|>": 52, "<|endoftext|>": 53}
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"),
-                        pad_token="<|endoftext|>", model_max_length=32)
-    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-             "num_attention_heads": 2}
-    ids = {"bos_token_id": 52, "eos_token_id": 53, "pad_token_id": 53}
-    config = CLIPConfig(
-        text_config=tower | ids | {"vocab_size": 54, "max_position_embeddings": 32},
-        vision_config=tower | {"image_size": 32, "patch_size": 8}, projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(path)
-    proc = CLIPImageProcessor(do_resize=False, do_center_crop=False, image_mean=[0.5] * 3,
-                              image_std=[0.5] * 3)
-    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def clip_dir(tmp_path):
-    return _tiny_clip(tmp_path / "clip")
+    return tiny.save_tiny_clip(tmp_path / "clip")
 
 
 def _manual_clip(path, images, prompts):

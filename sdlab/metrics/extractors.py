@@ -227,8 +227,8 @@ class CLIPFeatures:
         self.device = default_device(device)
         self.model, self.processor = load_clip(self.model_name, str(self.device))
         config = self.model.config
-        self.dim = config.projection_dim if features == "embedding" else (
-            config.vision_config.hidden_size)
+        embedding = features == "embedding"
+        self.dim = config.projection_dim if embedding else config.vision_config.hidden_size
         self.sha256 = weights_sha256(self.model_name)
 
     @torch.no_grad()

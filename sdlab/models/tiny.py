@@ -3,7 +3,8 @@
 Each family keeps the anatomy of the real model (CLIP tokenizer and text encoder(s),
 cross-attention U-Net, KL VAE, SD's scheduler config, and for XL the pooled projection and
 size/crop time ids) at a size that runs in milliseconds on a CPU. `save_tiny(path, family)`
-writes a diffusers-format folder that the real loaders read back.
+writes a diffusers-format folder that the real loaders read back; `save_tiny_clip(path)` a
+transformers CLIPModel folder (with its processor) for the CLIP-based metrics.
 """
 
 from __future__ import annotations
@@ -128,3 +129,33 @@ def save_tiny(folder: str | Path, family: str, seed: int = 0) -> Path:
     folder = Path(folder)
     _sd_scheduler_keys(pipeline(family, seed)).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def save_tiny_clip(path: Path, width: int = 32, mlp: int = 64, layers: int = 1, heads: int = 2,
+                   projection_dim: int = 16, seed: int = 0) -> Path:
+    """A random CLIPModel for 32x32 images (ViT patch 8) with a letters-only tokenizer, saved
+    with its CLIPProcessor (images enter as `2 x - 1`, no resize) where `from_pretrained`
+    reads it."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    path.mkdir(parents=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab |= {f"{c}</w>": 26 + i for i, c in enumerate(letters)}
+    vocab |= {BOS: 52, EOS: 53}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token=EOS,
+                        model_max_length=32)
+    tower = {"hidden_size": width, "intermediate_size": mlp, "num_hidden_layers": layers,
+             "num_attention_heads": heads}
+    ids = {"bos_token_id": 52, "eos_token_id": 53, "pad_token_id": 53}
+    config = CLIPConfig(
+        text_config=tower | ids | {"vocab_size": 54, "max_position_embeddings": 32},
+        vision_config=tower | {"image_size": 32, "patch_size": 8}, projection_dim=projection_dim)
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(path)
+    proc = CLIPImageProcessor(do_resize=False, do_center_crop=False, image_mean=[0.5] * 3,
+                              image_std=[0.5] * 3)
+    CLIPProcessor(image_processor=proc, tokenizer=tok).save_pretrained(path)
+    return path
